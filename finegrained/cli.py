@@ -1,0 +1,68 @@
+"""``finegrained <command> [args | hydra overrides]``: the single entry point.
+
+Each command lives in its own module with ``main(argv: list[str]) -> int | None``; modules are imported
+only when their command runs, so ``finegrained validate`` does not pay for importing torch.
+User errors (``FinegrainedError``) print as plain lines on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import EXIT_USER_ERROR, FinegrainedError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("finegrained.commands.validate", "check annotation files against a schema"),
+    "convert": ("finegrained.commands.convert", "import public annotation formats (qa-feedback)"),
+    "train-rm": ("finegrained.rewards.train", "train one reward model for one category (Hydra)"),
+    "eval-rm": ("finegrained.rewards.evaluate", "evaluate a trained reward model on a data file (Hydra)"),
+    "sft": ("finegrained.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),
+    "ppo": ("finegrained.rl.trainer", "dense-reward PPO, fine-grained or holistic (Hydra)"),
+    "sample": ("finegrained.sample", "generate completions from a policy into annotation-ready JSONL"),
+    "evaluate": ("finegrained.evaluate", "evaluate and compare policies (Hydra)"),
+    "demo": ("finegrained.demo", "built-in task end to end: fine-grained vs holistic RLHF (Hydra)"),
+    "bench": ("finegrained.bench", "phase-level PPO benchmark (Hydra)"),
+    "annotate": ("finegrained.app.server", "browser app for span and preference annotation"),
+    "agreement": ("finegrained.agreement", "inter-annotator agreement and majority-vote merge"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: finegrained <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'finegrained <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"finegrained: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    module_name, _ = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+        code = module.main(rest)
+    except FinegrainedError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("finegrained: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Annotation schemas: the error categories a project judges, loaded from YAML and validated.
+
+A schema names its categories; each category has a granularity (the unit its reward model judges),
+a kind (``span``: labels projected from annotated error spans; ``preference``: pairwise comparisons of
+whole outputs), the annotator-facing error types that fold into it, and whether its reward model sees
+the prompt. The schema also carries the segmentation settings shared by every category.
+
+Example (``annotation_schemas/qa_feedback.yaml``)::
+
+    name: qa_feedback
+    segmentation: {sentence: sentencizer, sub_sentence: {split_after: ",;:!?", min_words: 5}}
+    categories:
+      - name: relevance
+        granularity: sub_sentence
+        kind: span
+        error_types: [Irrelevant, Redundant, Incoherent]
+        uses_context: false
+        description: Text that does not help answer the question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError, Problem
+from .paths import SCHEMA_DIR
+
+GRANULARITIES = ("sub_sentence", "sentence", "sequence")
+KINDS = ("span", "preference")
+
+_CATEGORY_KEYS = {"name", "description", "granularity", "kind", "error_types", "uses_context"}
+_TOP_KEYS = {"name", "description", "segmentation", "categories"}
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """How completions are cut into segments.
+
+    ``sentence``: ``"sentencizer"`` (spaCy's rule-based sentencizer on a blank English pipeline, works
+    offline) or the name of an installed spaCy pipeline. Sub-sentences: a sentence is split after any
+    character of ``split_after`` when at least ``min_words`` words follow in the sentence and at least
+    ``min_words`` words precede the cut in the current piece.
+    """
+
+    sentence: str = "sentencizer"
+    split_after: str = ",;:!?"
+    min_words: int = 5
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    granularity: str
+    kind: str
+    error_types: tuple[str, ...] = ()
+    uses_context: bool = True
+    description: str = ""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Span labels that mark an error of this category: its name and each of its error types."""
+        return (self.name, *self.error_types)
+
+
+@dataclass(frozen=True)
+class AnnotationSchema:
+    name: str
+    categories: tuple[Category, ...]
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    description: str = ""
+    source: str = "<memory>"
+    sha256: str = ""
+
+    def category(self, name: str) -> Category:
+        for c in self.categories:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.categories)
+        raise KeyError(f"schema {self.name!r} has no category {name!r} (known: {known})")
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.categories)
+
+    @property
+    def span_categories(self) -> tuple[Category, ...]:
+        return tuple(c for c in self.categories if c.kind == "span")
+
+    @property
+    def preference_categories(self) -> tuple[Category, ...]:
+        return tuple(c for c in self.categories if c.kind == "preference")
+
+    def category_of_label(self, label: str) -> Category | None:
+        """The category a span label belongs to (a category name or one of its error types)."""
+        for c in self.categories:
+            if label in c.labels:
+                return c
+        return None
+
+    @property
+    def all_labels(self) -> tuple[str, ...]:
+        return tuple(label for c in self.categories for label in c.labels)
+
+
+def resolve_schema_path(path_or_name: str | Path) -> Path:
+    """A path to a YAML file, or the name of a shipped schema (``qa_feedback``, ``synthetic_qa``)."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    shipped = SCHEMA_DIR / f"{path_or_name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in SCHEMA_DIR.glob("*.yaml"))
+    raise InputError(
+        f"no such schema file; give a path or one of the shipped names: {', '.join(names)}", file=p
+    )
+
+
+def load_schema(path_or_name: str | Path) -> AnnotationSchema:
+    """Load and validate a schema; raises ``InputError`` naming the file and the offending key."""
+    path = resolve_schema_path(path_or_name)
+    raw_bytes = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw_bytes.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise InputError([Problem(str(path), None if line is None else line + 1, f"not valid YAML: {e}")]) from None
+    return schema_from_dict(data, source=str(path), sha256=hashlib.sha256(raw_bytes).hexdigest())
+
+
+def schema_from_dict(data: object, source: str = "<memory>", sha256: str = "") -> AnnotationSchema:
+    problems: list[Problem] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append(Problem(source, None, message, field=key))
+
+    if not isinstance(data, dict):
+        raise InputError([Problem(source, None, "a schema must be a YAML mapping with 'name' and 'categories'")])
+    for key in sorted(set(data) - _TOP_KEYS):
+        bad(str(key), f"unknown key (expected one of {', '.join(sorted(_TOP_KEYS))})")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        bad("name", "must be a non-empty string")
+        name = "<unnamed>"
+
+    segmentation = _parse_segmentation(data.get("segmentation"), bad)
+
+    raw_categories = data.get("categories")
+    categories: list[Category] = []
+    if not isinstance(raw_categories, list) or not raw_categories:
+        bad("categories", "a schema needs a non-empty list of categories")
+        raw_categories = []
+    seen_names: dict[str, int] = {}
+    seen_labels: dict[str, str] = {}
+    for i, raw in enumerate(raw_categories):
+        where = f"categories[{i}]"
+        if not isinstance(raw, dict):
+            bad(where, "each category must be a mapping")
+            continue
+        for key in sorted(set(raw) - _CATEGORY_KEYS):
+            bad(f"{where}.{key}", f"unknown key (expected one of {', '.join(sorted(_CATEGORY_KEYS))})")
+        cname = raw.get("name")
+        if not isinstance(cname, str) or not cname.strip():
+            bad(f"{where}.name", "must be a non-empty string")
+            continue
+        where = f"categories[{i}] ({cname})"
+        if cname in seen_names:
+            bad(f"{where}.name", f"repeats the category name {cname!r} (first at categories[{seen_names[cname]}])")
+        seen_names[cname] = i
+        granularity = raw.get("granularity")
+        if granularity not in GRANULARITIES:
+            bad(f"{where}.granularity", f"unknown granularity {granularity!r} (expected one of {', '.join(GRANULARITIES)})")
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            bad(f"{where}.kind", f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+        if kind == "preference" and granularity not in (None, "sequence") and granularity in GRANULARITIES:
+            bad(f"{where}.granularity", "a preference category compares whole outputs: granularity must be 'sequence'")
+        error_types = raw.get("error_types", [])
+        if error_types is None:
+            error_types = []
+        if not isinstance(error_types, list) or not all(isinstance(t, str) and t for t in error_types):
+            bad(f"{where}.error_types", "must be a list of non-empty strings")
+            error_types = []
+        for label in [cname, *error_types]:
+            if label in seen_labels and not (label == cname and seen_labels[label] == cname):
+                bad(f"{where}.error_types", f"repeats the label {label!r} (already used by category {seen_labels[label]!r})")
+            seen_labels.setdefault(label, cname)
+        uses_context = raw.get("uses_context", True)
+        if not isinstance(uses_context, bool):
+            bad(f"{where}.uses_context", "must be true or false")
+            uses_context = True
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            bad(f"{where}.description", "must be a string")
+            description = ""
+        categories.append(
+            Category(
+                name=cname,
+                granularity=str(granularity),
+                kind=str(kind),
+                error_types=tuple(error_types),
+                uses_context=uses_context,
+                description=description.strip(),
+            )
+        )
+    if problems:
+        raise InputError(problems)
+    description = data.get("description", "")
+    return AnnotationSchema(
+        name=name,
+        categories=tuple(categories),
+        segmentation=segmentation,
+        description=description if isinstance(description, str) else "",
+        source=source,
+        sha256=sha256,
+    )
+
+
+def _parse_segmentation(raw: object, bad) -> SegmentationConfig:
+    if raw is None:
+        return SegmentationConfig()
+    if not isinstance(raw, dict):
+        bad("segmentation", "must be a mapping")
+        return SegmentationConfig()
+    for key in sorted(set(raw) - {"sentence", "sub_sentence", "language"}):
+        bad(f"segmentation.{key}", "unknown key (expected sentence, sub_sentence, language)")
+    sentence = raw.get("sentence", "sentencizer")
+    if not isinstance(sentence, str) or not sentence:
+        bad("segmentation.sentence", "must be 'sentencizer' or the name of an installed spaCy pipeline")
+        sentence = "sentencizer"
+    language = raw.get("language", "en")
+    if not isinstance(language, str):
+        bad("segmentation.language", "must be a spaCy language code such as 'en'")
+        language = "en"
+    sub = raw.get("sub_sentence") or {}
+    if not isinstance(sub, dict):
+        bad("segmentation.sub_sentence", "must be a mapping with split_after and min_words")
+        sub = {}
+    for key in sorted(set(sub) - {"split_after", "min_words"}):
+        bad(f"segmentation.sub_sentence.{key}", "unknown key (expected split_after, min_words)")
+    split_after = sub.get("split_after", ",;:!?")
+    if not isinstance(split_after, str) or not split_after:
+        bad("segmentation.sub_sentence.split_after", "must be a non-empty string of punctuation characters")
+        split_after = ",;:!?"
+    min_words = sub.get("min_words", 5)
+    if isinstance(min_words, bool) or not isinstance(min_words, int) or min_words < 1:
+        bad("segmentation.sub_sentence.min_words", "must be a positive integer")
+        min_words = 5
+    return SegmentationConfig(sentence=sentence, split_after=split_after, min_words=min_words, language=language)
