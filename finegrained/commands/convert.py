@@ -1,0 +1,52 @@
+"""``finegrained convert <format> IN OUT_DIR``: import public annotation formats.
+
+Formats: ``qa-feedback`` (``train_feedback.json`` / ``dev_feedback.json`` of Wu et al. 2023) ->
+``OUT_DIR/spans.jsonl`` and ``OUT_DIR/preferences.jsonl``, validated against the schema before they
+are moved into place. A malformed input prints ``FILE: message`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EXIT_USER_ERROR, FinegrainedError
+
+FORMATS = ("qa-feedback",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finegrained convert", description="Import a public annotation format as span and preference JSONL."
+    )
+    parser.add_argument("format", choices=FORMATS, help="input format")
+    parser.add_argument(
+        "input", metavar="IN", help="input file (qa-feedback: train_feedback.json or dev_feedback.json)"
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory for spans.jsonl and preferences.jsonl")
+    parser.add_argument(
+        "--schema", default="qa_feedback", help="schema to validate the output with (default: qa_feedback)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from ..convert import qa_feedback
+
+    try:
+        progress = False if args.no_progress else None  # None: a bar only on a terminal
+        stats = qa_feedback.convert(args.input, args.out_dir, schema=args.schema, progress=progress)
+    except FinegrainedError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USER_ERROR
+    for warning in stats.warnings():
+        print(f"{args.input}: warning: {warning}", file=sys.stderr)
+    labels = ", ".join(f"{label} {n}" for label, n in sorted(stats.labels.items()))
+    print(
+        f"{args.out_dir}/spans.jsonl: {stats.questions} span records, {stats.spans} error spans ({labels or 'none'})\n"
+        f"{args.out_dir}/preferences.jsonl: {stats.preferences} preference records "
+        f"(category {qa_feedback.PREFERENCE_CATEGORY}; {stats.ties_dropped} ties dropped)"
+    )
+    return 0

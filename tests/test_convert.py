@@ -1,0 +1,194 @@
+"""``finegrained convert qa-feedback``: a small hand-made file in the public QA-Feedback format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finegrained.commands import convert as convert_command
+from finegrained.commands import validate as validate_command
+from finegrained.convert.qa_feedback import build_prompt, convert
+from finegrained.data import load_preference_records, load_span_records, validate_file
+
+P1 = "Die Brücke ist 1 km lang. Sie wurde 1900 gebaut, angeblich. 東京 liegt weit weg. Die Brücke ist 1 km lang. Blau Haus springt."
+# hand-computed offsets (code points) of each error span in P1, one error of each of the five types
+ERRORS = [
+    ("Wrong-Grounding", "1 km lang", 15),
+    ("Unverifiable", "Sie wurde 1900 gebaut", 26),
+    ("Irrelevant", "東京 liegt weit weg.", 60),
+    ("Redundant", "Die Brücke ist 1 km lang.", 79),
+    ("Incoherent", "Blau Haus springt.", 105),
+]
+
+
+def example_with_every_error() -> dict:
+    errors = [{"error type": t, "explanation": f"why {t}", "start": s, "end": s + len(text)} for t, text, s in ERRORS]
+    return {
+        "question": "Wie lang ist die Brücke? ¿Y cuándo?",
+        "passages": [["Brücke (Köln)", "Die Brücke ist 1,2 km lang.", "Sie wurde 1899 eröffnet."], ["東京", "東京は首都です。"]],
+        "gold": "Die Brücke ist 1,2 km lang.",
+        "prediction 1": P1,
+        "prediction 2": "Die Brücke ist 1,2 km lang und wurde 1899 eröffnet.",
+        "prediction 3": "Keine Ahnung.",
+        "prediction 4": "Sie ist lang.",
+        "feedback": {
+            "errors": errors,
+            "missing-info": [{"error type": "Missing-Answer", "passage_id": 1, "sentence_id": [2]}],
+            "corrected-prediction": "Die Brücke ist 1,2 km lang und wurde 1899 eröffnet.",
+        },
+        # 1v2: 2 preferred; 1v3: 1 preferred; 1v4: tie; 2v3: 1; 2v4: 1; 3v4: 2
+        "preference": [2, 1, 0, 1, 1, 2],
+    }
+
+
+def example_with_bad_offsets() -> dict:
+    text = "Short answer."
+    return {
+        "question": "q?",
+        "passages": [["T", "s1.", "s2."]],
+        "gold": "g",
+        "prediction 1": text,
+        "prediction 2": "Other answer.",
+        "prediction 3": text,  # identical to prediction 1
+        "prediction 4": "Fourth.",
+        "feedback": {
+            "errors": [
+                {"error type": "Irrelevant", "explanation": "", "start": 6, "end": 40},  # past the end: clipped
+                {"error type": "Redundant", "explanation": "", "start": 5, "end": 5},  # empty: dropped
+                {"error type": "Unverifiable", "explanation": "", "start": 20, "end": 30},  # beyond the text: dropped
+            ],
+            "missing-info": [],
+            "corrected-prediction": "",
+        },
+        "preference": [1, 1, 2, 0, 0, 0],  # 1v3 compares identical texts: dropped
+    }
+
+
+@pytest.fixture()
+def feedback_file(tmp_path):
+    path = tmp_path / "dev_feedback.json"
+    path.write_text(json.dumps([example_with_every_error(), example_with_bad_offsets()], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_converts_spans_with_exact_offsets_and_meta(feedback_file, tmp_path):
+    out = tmp_path / "out"
+    stats = convert(feedback_file, out, progress=False)
+
+    records = load_span_records(out / "spans.jsonl", "qa_feedback")
+    assert [r.id for r in records] == ["dev-0", "dev-1"]
+    first = records[0]
+    assert first.completion == P1
+    assert [(s.label, s.start, s.end, P1[s.start : s.end]) for s in first.spans] == [
+        (label, start, start + len(text), text) for label, text, start in ERRORS
+    ]
+    assert first.prompt == (
+        "question: Wie lang ist die Brücke? ¿Y cuándo? context: "
+        "wikipage: Brücke (Köln) text: Die Brücke ist 1,2 km lang. Sie wurde 1899 eröffnet. "
+        "wikipage: 東京 text: 東京は首都です。"
+    )
+    assert first.prompt == build_prompt(example_with_every_error()["question"], example_with_every_error()["passages"])
+    assert first.meta["missing-info"] == [{"error type": "Missing-Answer", "passage_id": 1, "sentence_id": [2]}]
+    assert first.meta["corrected-prediction"] == "Die Brücke ist 1,2 km lang und wurde 1899 eröffnet."
+    assert first.meta["source"] == {"file": "dev_feedback.json", "index": 0, "prediction": 1}
+    assert first.meta["explanations"] == [f"why {t}" for t, _, _ in ERRORS]
+
+    # offsets past the end are clipped to the text; empty spans are dropped, and both are counted
+    assert [(s.label, s.start, s.end) for s in records[1].spans] == [("Irrelevant", 6, 13)]
+    assert (stats.spans_clipped, stats.spans_dropped_empty) == (2, 2)
+    assert stats.spans == 6 and stats.questions == 2
+    assert len(stats.warnings()) == 3
+
+
+def test_preferences_direction_ties_and_ids(feedback_file, tmp_path):
+    out = tmp_path / "out"
+    stats = convert(feedback_file, out, progress=False)
+
+    prefs = load_preference_records(out / "preferences.jsonl", "qa_feedback", category="holistic")
+    example = example_with_every_error()
+    got = {r.id: (r.chosen, r.rejected) for r in prefs if r.id.startswith("dev-0-")}
+    p = {k: example[f"prediction {k}"] for k in (1, 2, 3, 4)}
+    assert got == {
+        "dev-0-p1v2": (p[2], p[1]),  # value 2: the second is preferred
+        "dev-0-p1v3": (p[1], p[3]),  # value 1: the first is preferred
+        "dev-0-p2v3": (p[2], p[3]),
+        "dev-0-p2v4": (p[2], p[4]),
+        "dev-0-p3v4": (p[4], p[3]),
+    }  # 1v4 was a tie: dropped
+    assert [r.id for r in prefs if r.id.startswith("dev-1-")] == ["dev-1-p1v2", "dev-1-p1v4"]
+    assert (stats.ties_dropped, stats.identical_pairs_dropped, stats.preferences) == (4, 1, 7)
+    assert all(r.category == "holistic" and r.prompt == build_prompt(example["question"], example["passages"])
+               for r in prefs[:5])  # fmt: skip
+    assert prefs[0].meta["source"] == {"file": "dev_feedback.json", "index": 0, "pair": "1v2", "chosen": 2, "rejected": 1}
+
+
+def test_cli_writes_valid_files_and_reports(feedback_file, tmp_path, capsys):
+    out = tmp_path / "converted"
+    (out).mkdir()
+    (out / "spans.jsonl").write_text("stale\n", encoding="utf-8")  # an older output is replaced whole
+
+    assert convert_command.main(["qa-feedback", str(feedback_file), str(out), "--no-progress"]) == 0
+
+    captured = capsys.readouterr()
+    assert "7 preference records" in captured.out and "4 ties dropped" in captured.out
+    assert "warning: clipped 2 error span(s)" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["preferences.jsonl", "spans.jsonl"]  # no temp dir left
+    assert validate_file(out / "spans.jsonl", "qa_feedback") == []
+    assert validate_file(out / "preferences.jsonl", "qa_feedback") == []
+    assert validate_command.main(["--schema", "qa_feedback", str(out / "spans.jsonl"), str(out / "preferences.jsonl")]) == 0
+
+
+def _break(change):
+    data = [example_with_every_error()]
+    change(data)
+    return data
+
+
+MALFORMED = {
+    "not_json": ("[{", "malformed JSON"),
+    "not_an_array": ({"question": "q"}, "a QA-Feedback file is one JSON array, got an object"),
+    "empty_array": ([], "empty array"),
+    "element_not_object": ([[1]], "element 0: must be a JSON object"),
+    "missing_prediction": (_break(lambda d: d[0].pop("prediction 3")), "element 0: missing field 'prediction 3'"),
+    "question_not_string": (_break(lambda d: d[0].update(question=None)), "element 0: field 'question' must be a string, got null"),
+    "bad_passage": (_break(lambda d: d[0].update(passages=[[]])), "element 0: passages[0] must be a non-empty list"),
+    "unknown_error_type": (
+        _break(lambda d: d[0]["feedback"]["errors"][0].update({"error type": "Typo"})),
+        "element 0: feedback.errors[0]: unknown error type 'Typo'",
+    ),
+    "float_offset": (
+        _break(lambda d: d[0]["feedback"]["errors"][1].update(start=1.5)),
+        "element 0: feedback.errors[1]: field 'start' must be an integer, got the number 1.5",
+    ),
+    "bool_offset": (
+        _break(lambda d: d[0]["feedback"]["errors"][1].update(end=True)),
+        "element 0: feedback.errors[1]: field 'end' must be an integer, got the boolean true",
+    ),
+    "five_preferences": (_break(lambda d: d[0].update(preference=[1, 1, 1, 1, 1])), "element 0: 'preference' must hold 6 values"),
+    "preference_value_3": (
+        _break(lambda d: d[0].update(preference=[1, 1, 3, 1, 1, 1])), "element 0: preference value for pair 1v4 must be 0, 1 or 2",
+    ),
+    "all_ties": (_break(lambda d: d[0].update(preference=[0] * 6)), "no preference records"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_input_is_refused_with_file_and_message(name, tmp_path, capsys):
+    content, fragment = MALFORMED[name]
+    path = tmp_path / "train_feedback.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    out = tmp_path / "out"
+
+    assert convert_command.main(["qa-feedback", str(path), str(out), "--no-progress"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}"), err
+    assert fragment in err, err
+    assert "Traceback" not in err
+    assert not (out / "spans.jsonl").exists()
+
+
+def test_missing_input_file(tmp_path, capsys):
+    assert convert_command.main(["qa-feedback", str(tmp_path / "nope.json"), str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err
