@@ -1,0 +1,78 @@
+"""Rule-based judges: categories backed by plain Python callables instead of trained reward models.
+
+Each factory returns a judge with the signatures of docs/ARCHITECTURE.md "Judges" and is meant to be
+named by ``_target_`` in a reward config:
+
+- span judges ``(prompts, completions, segments) -> p_error per segment`` (0.0 or 1.0 here);
+- sequence judges ``(prompts, completions) -> one score per completion`` (higher is better).
+
+They make PPO runnable with no files at all (``experiment=smoke``) and let tests plant a reward whose
+optimum is known.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+Span = tuple[int, int]
+
+
+def contains_words(words: Sequence[str], case_sensitive: bool = False):
+    """Span judge: a segment is an error when it contains any of ``words`` as a whole word."""
+    if not words:
+        raise ValueError("contains_words needs at least one word")
+    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", 0 if case_sensitive else re.IGNORECASE)
+
+    def judge(prompts: Sequence[str], completions: Sequence[str], segments: Sequence[Sequence[Span]]) -> list[list[float]]:
+        return [[1.0 if pattern.search(text, s, e) else 0.0 for s, e in segs] for text, segs in zip(completions, segments)]
+
+    return judge
+
+
+def repetition():
+    """Span judge: a segment is an error when its text (case- and space-normalised) already appeared as
+    an earlier segment of the same completion."""
+
+    def judge(prompts, completions, segments):
+        out = []
+        for text, segs in zip(completions, segments):
+            seen, flags = set(), []
+            for s, e in segs:
+                key = " ".join(text[s:e].lower().split())
+                flags.append(1.0 if key in seen else 0.0)
+                seen.add(key)
+            out.append(flags)
+        return out
+
+    return judge
+
+
+def target_length(target_words: int):
+    """Sequence judge: ``-|words - target| / target`` (0 at the target length, lower further away)."""
+    if target_words <= 0:
+        raise ValueError("target_words must be positive")
+
+    def judge(prompts, completions) -> list[float]:
+        return [-abs(len(c.split()) - target_words) / target_words for c in completions]
+
+    return judge
+
+
+def keyword_bonus(words: Sequence[str]):
+    """Sequence judge: the number of distinct ``words`` the completion contains (case-insensitive)."""
+    wanted = [re.compile(r"\b" + re.escape(w) + r"\b", re.IGNORECASE) for w in words]
+
+    def judge(prompts, completions) -> list[float]:
+        return [float(sum(bool(p.search(c)) for p in wanted)) for c in completions]
+
+    return judge
+
+
+def always_nan():
+    """Sequence judge returning NaN: a test helper for the learner's NaN guard."""
+
+    def judge(prompts, completions) -> list[float]:
+        return [float("nan")] * len(completions)
+
+    return judge
