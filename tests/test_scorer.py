@@ -71,7 +71,7 @@ def test_batch_equals_items_alone():
 
 
 def test_nan_detection():
-    entry = {"kind": "preference", "granularity": "sequence", "judge": {"_target_": "finegrained.rewards.rule_based.always_nan"}}
+    entry = {"kind": "preference", "granularity": "sequence", "judge": {"_target_": "finegrained.rewards.rule_based.nan_after"}}
     b = RewardScorer.from_config(config(bad=entry))(["q"], ["text"])
     assert has_non_finite(b) == "bad"
 

@@ -30,6 +30,25 @@ def contains_words(words: Sequence[str], case_sensitive: bool = False):
     return judge
 
 
+def share_of_chars(pattern: str = r"[^ -~]"):
+    """Span judge with graded judgements: p_error = the share of a segment's non-space characters that
+    match the regex character class ``pattern`` (default: anything outside printable ASCII). Meant for
+    ``mode: soft``; it gives a freshly initialised policy a signal on every segment."""
+    char_class = re.compile(pattern)
+
+    def judge(prompts, completions, segments):
+        out = []
+        for text, segs in zip(completions, segments):
+            row = []
+            for s, e in segs:
+                chars = [ch for ch in text[s:e] if not ch.isspace()]
+                row.append(sum(bool(char_class.match(ch)) for ch in chars) / len(chars) if chars else 0.0)
+            out.append(row)
+        return out
+
+    return judge
+
+
 def repetition():
     """Span judge: a segment is an error when its text (case- and space-normalised) already appeared as
     an earlier segment of the same completion."""
@@ -69,10 +88,13 @@ def keyword_bonus(words: Sequence[str]):
     return judge
 
 
-def always_nan():
-    """Sequence judge returning NaN: a test helper for the learner's NaN guard."""
+def nan_after(calls: int = 0):
+    """Sequence judge that returns 0.0 for its first ``calls`` calls and NaN afterwards: a test helper
+    for the learner's NaN guard."""
+    seen = {"calls": 0}
 
     def judge(prompts, completions) -> list[float]:
-        return [float("nan")] * len(completions)
+        seen["calls"] += 1
+        return [0.0 if seen["calls"] <= calls else float("nan")] * len(completions)
 
     return judge

@@ -1,0 +1,62 @@
+"""Step 1 of PPO: sample responses and compute the per-token quantities the update needs.
+
+Prompts are left-padded; responses are right-padded after their first EOS. ``response_mask`` is True for
+generated tokens up to and including the first EOS (the convention of ``finegrained.rl.types``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..generation import encode_prompts
+from .functional import entropy_from_logits, logprobs_from_logits
+
+
+@torch.no_grad()
+def sample_responses(
+    policy, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+    top_p: float = 1.0, min_new_tokens: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Sample one response per prompt with KV cache. Returns ``query_ids`` (B, P), ``query_mask`` (B, P),
+    ``response_ids`` (B, T) and ``response_mask`` (B, T); padding after EOS is the pad id."""
+    device = next(policy.parameters()).device
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, device)
+    out = policy.generate(
+        input_ids=query_ids,
+        attention_mask=query_mask.long(),
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    response_ids = out[:, query_ids.shape[1] :]  # (B, T)
+    is_eos = response_ids == tokenizer.eos_token_id
+    # Tokens after the first EOS: a running count of EOS seen *before* each position is positive.
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    response_mask = eos_before == 0
+    response_ids = response_ids.masked_fill(~response_mask, tokenizer.pad_token_id)
+    return query_ids, query_mask, response_ids, response_mask
+
+
+def joint_inputs(query_ids, query_mask, response_ids, response_mask):
+    """Prompt and response side by side: ids, attention mask and position ids, each (B, P + T)."""
+    ids = torch.cat([query_ids, response_ids], dim=1)
+    mask = torch.cat([query_mask, response_mask], dim=1)
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, position_ids
+
+
+def policy_forward(policy, ids, mask, position_ids, prompt_length: int, response_ids, output_hidden_states: bool = False):
+    """Log-probs (B, T) and entropies (B, T) of the response tokens; optionally the last hidden states
+    (B, T, H) at the positions that predict them. Logits at position i predict token i + 1, so response
+    token t is predicted at ``prompt_length - 1 + t``."""
+    out = policy(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids, output_hidden_states=output_hidden_states)
+    logits = out.logits[:, prompt_length - 1 : -1]  # (B, T, V)
+    logprobs = logprobs_from_logits(logits, response_ids)
+    entropy = entropy_from_logits(logits.detach())
+    hidden = out.hidden_states[-1][:, prompt_length - 1 : -1] if output_hidden_states else None
+    return logprobs, entropy, hidden

@@ -1,0 +1,405 @@
+"""``finegrained ppo``: dense-reward PPO, fine-grained or holistic.
+
+One iteration, as the code below reads:
+
+1. generate  sample one response per prompt from the policy (KV cache, stop at EOS);
+2. score     decode with per-token char offsets; every category judges the text (segment, score);
+3. place     each segment's reward on the token ending the segment, sequence rewards on EOS -> (B, T, K)
+             -> summed into per-token score rewards (B, T);
+4. ref/value log-probs under the policy and the frozen reference, values; per-token KL penalty;
+5. advantage GAE (gamma, lambda), optional reward (scale-only) and advantage whitening;
+6. update    PPO epochs over minibatches: clipped policy loss, clipped value loss;
+7. log       tensorboard, progress bar, checkpoints.
+
+Launching on several devices (the output directory is resolved before processes start)::
+
+    finegrained ppo experiment=smoke                                             # one process
+    torchrun --nproc_per_node 2 -m finegrained.cli ppo experiment=smoke accelerate.cpu=true   # 2 CPU procs (gloo)
+    accelerate launch --config_file conf/accelerate/ddp.yaml -m finegrained.cli ppo ...       # multi-GPU DDP
+    accelerate launch --config_file conf/accelerate/fsdp.yaml -m finegrained.cli ppo ...      # FSDP
+    accelerate launch --config_file conf/accelerate/deepspeed_zero2.yaml -m finegrained.cli ppo ...  # ZeRO-2
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ..config import compose_from_argv, log, save_config
+from ..errors import FinegrainedError
+from ..io import atomic_directory
+from ..rewards.placement import decode_with_offsets, place_rewards
+from ..rewards.scorer import RewardScorer, has_non_finite
+from . import functional as F
+from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .policy import build_policy, build_value_model, frozen_copy
+from .rollout import joint_inputs, policy_forward, sample_responses
+from .types import Trajectory
+
+PHASES = ("generate", "segment", "score", "place", "ref_value_forward", "advantage", "update")
+
+
+class NonFiniteError(FinegrainedError):
+    pass
+
+
+class PhaseTimer:
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - started
+
+
+def load_task_prompts(cfg: DictConfig) -> list[str]:
+    from hydra.utils import instantiate
+
+    records = instantiate(cfg.task.prompts, split="train", seed=cfg.seed)
+    if not records:
+        raise FinegrainedError("the task gave no training prompts")
+    return [r["prompt"] for r in records]
+
+
+class PPOTrainer:
+    def __init__(self, cfg: DictConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
+        self.is_main = self.accelerator.is_main_process
+        self._check_output_dir()
+        set_seed(cfg.seed)
+        self.prompts = load_task_prompts(cfg)
+        policy, self.tokenizer = build_policy(cfg, self.out, self.prompts, save_initial=self.is_main)
+        if cfg.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        self.reference = frozen_copy(policy).to(self.accelerator.device)
+        value = build_value_model(cfg, policy)
+        self.scorer = RewardScorer.from_config(cfg.reward, device=self.accelerator.device)
+        self.oracle = self._oracle()
+        p = cfg.ppo
+        optimizer = torch.optim.AdamW(
+            [{"params": policy.parameters(), "lr": p.lr}, {"params": value.parameters(), "lr": p.value_lr}],
+            weight_decay=0.0,
+        )
+        warmup = max(1, p.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.policy, self.value, self.optimizer, self.scheduler = self.accelerator.prepare(policy, value, optimizer, scheduler)
+        self.kl_ctl = (
+            F.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive else F.FixedKLController(cfg.kl.coef)
+        )
+        self.iteration = 0
+        self.data_position = 0
+        if cfg.resume:
+            self._resume()
+        self.writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration + 1 if self.iteration else None)
+
+    # -- set-up helpers ------------------------------------------------------------------------------
+    def _check_output_dir(self) -> None:
+        existing = checkpoint_dirs(self.out) or (self.out / "final").exists()
+        if existing and not (self.cfg.resume or self.cfg.overwrite):
+            raise FinegrainedError(f"{self.out} already holds a PPO run; pass resume=true to continue it or overwrite=true to start over")
+
+    def _oracle(self):
+        oracle_cfg = self.cfg.task.get("oracle")
+        if not oracle_cfg:
+            return None
+        from hydra.utils import instantiate
+
+        return instantiate(oracle_cfg)
+
+    def _resume(self) -> None:
+        found = checkpoint_dirs(self.out)
+        if not found:
+            log(f"[ppo] resume=true but {self.out} has no complete checkpoint: starting from iteration 0")
+            return
+        iteration, directory = found[-1]
+        state = load_checkpoint(
+            directory, self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.value), self.optimizer, self.scheduler
+        )
+        self.iteration = state["iteration"]
+        self.data_position = state["data_position"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        log(f"[ppo] resumed from {directory} (iteration {iteration})")
+
+    # -- data ------------------------------------------------------------------------------------------
+    def next_prompts(self) -> list[str]:
+        """This rank's share of the next batch. The order is a fixed shuffle per pass over the prompts,
+        so the data position alone determines the batch (exact resume)."""
+        batch = []
+        n = len(self.prompts)
+        for i in range(self.data_position, self.data_position + self.cfg.ppo.batch_size):
+            epoch, index = divmod(i, n)
+            order = list(range(n))
+            random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+            batch.append(self.prompts[order[index]])
+        self.data_position += self.cfg.ppo.batch_size
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        return batch[rank::world]
+
+    # -- one iteration --------------------------------------------------------------------------------
+    def _values(self, ids, mask, position_ids, prompt_length, hidden=None) -> torch.Tensor:
+        """Values (B, T) before each response token's reward."""
+        if self.cfg.value.shared:
+            return self.value(hidden)
+        return self.value(ids, mask.long(), position_ids)[:, prompt_length - 1 : -1]
+
+    def _check_finite(self, what: str, phase: str, tensor: torch.Tensor) -> None:
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(
+                f"iteration {self.iteration + 1}, phase {phase}: {what} is NaN or infinite; stopping "
+                f"(the last good checkpoint in {self.out / 'checkpoints'} is kept)"
+            )
+
+    def rollout(self, prompts: list[str], timer: PhaseTimer) -> tuple[Trajectory, dict, list[str], object]:
+        cfg, device = self.cfg, self.accelerator.device
+        # 1. generate
+        with timer("generate"):
+            policy = self.accelerator.unwrap_model(self.policy)
+            policy.eval()
+            with self.accelerator.autocast():
+                query_ids, query_mask, response_ids, response_mask = sample_responses(
+                    policy, self.tokenizer, prompts, max_new_tokens=cfg.generation.max_new_tokens,
+                    temperature=cfg.generation.temperature, top_k=cfg.generation.top_k, top_p=cfg.generation.top_p,
+                    min_new_tokens=cfg.generation.min_new_tokens,
+                )  # fmt: skip
+            policy.train()
+        # 2. score: decode with offsets, every category judges the text
+        decoded = decode_with_offsets(self.tokenizer, [ids[m].tolist() for ids, m in zip(response_ids, response_mask)])
+        texts = [d.text for d in decoded]
+        breakdown = self.scorer(prompts, texts)
+        timer.seconds["segment"] += self.scorer.last_timings["segment"]
+        timer.seconds["score"] += self.scorer.last_timings["score"]
+        bad = has_non_finite(breakdown)
+        if bad:
+            raise NonFiniteError(
+                f"iteration {self.iteration + 1}, phase score: category {bad!r} gave a NaN or infinite reward; stopping "
+                f"(the last good checkpoint in {self.out / 'checkpoints'} is kept)"
+            )
+        # 3. place each segment's reward on its last token -> (B, T, K) -> (B, T)
+        with timer("place"):
+            category_rewards = place_rewards(breakdown, decoded, response_mask.cpu()).to(device)  # (B, T, K)
+            score_rewards = F.combine_rewards(category_rewards)  # (B, T); weights applied by the scorer
+        # 4. log-probs of the sampling policy and the reference, values
+        with timer("ref_value_forward"), torch.no_grad(), self.accelerator.autocast():
+            ids, mask, position_ids = joint_inputs(query_ids, query_mask, response_ids, response_mask)
+            P = query_ids.shape[1]
+            logprobs, _, hidden = policy_forward(self.policy, ids, mask, position_ids, P, response_ids, self.cfg.value.shared)
+            ref_logprobs, _, _ = policy_forward(self.reference, ids, mask, position_ids, P, response_ids)
+            values = self._values(ids, mask, position_ids, P, hidden).float()
+        trajectory = Trajectory(
+            query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=response_mask,
+            logprobs=logprobs.float(), ref_logprobs=ref_logprobs.float(), values=values,
+            rewards=score_rewards, category_rewards=category_rewards,
+        )  # fmt: skip
+        return trajectory, {"decoded": decoded}, texts, breakdown
+
+    def advantages(self, traj: Trajectory, timer: PhaseTimer):
+        """Steps 4-5: KL-penalised token rewards, then GAE. Returns (advantages, returns, kl) each (B, T)."""
+        cfg = self.cfg
+        with timer("advantage"):
+            mask = traj.response_mask
+            kl = F.kl_penalty(traj.logprobs, traj.ref_logprobs, cfg.kl.estimator) * mask  # (B, T)
+            rewards = F.token_rewards_with_kl(traj.rewards, kl, self.kl_ctl.value, mask)
+            if cfg.ppo.whiten_rewards:
+                rewards = F.masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = F.gae(rewards, traj.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+            if cfg.ppo.whiten_advantages:
+                advantages = F.masked_whiten(advantages, mask)
+        self._check_finite("the advantages", "advantage", advantages)
+        return advantages, returns, kl
+
+    def update(self, traj: Trajectory, advantages, returns, timer: PhaseTimer) -> dict:
+        """Step 6: PPO epochs over shuffled minibatches (gradient accumulation, clipping, schedule)."""
+        cfg, p = self.cfg, self.cfg.ppo
+        B = traj.response_ids.shape[0]
+        ids, mask, position_ids = joint_inputs(traj.query_ids, traj.query_mask, traj.response_ids, traj.response_mask)
+        P = traj.query_ids.shape[1]
+        mb = max(1, min(p.minibatch_size, B))
+        sums = {k: 0.0 for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "value_clip_fraction", "grad_norm")}
+        n_minibatches = 0
+        with timer("update"):
+            self.policy.train()
+            for _ in range(p.epochs):
+                order = torch.randperm(B, device=ids.device)
+                chunks = [order[i : i + mb] for i in range(0, B, mb)]
+                for step, idx in enumerate(chunks):
+                    rmask = traj.response_mask[idx]
+                    with self.accelerator.autocast():
+                        logprobs, entropy, hidden = policy_forward(
+                            self.policy, ids[idx], mask[idx], position_ids[idx], P, traj.response_ids[idx], cfg.value.shared
+                        )
+                        values = self._values(ids[idx], mask[idx], position_ids[idx], P, hidden).float()
+                    pg_loss, clip_frac, approx_kl = F.policy_loss(logprobs.float(), traj.logprobs[idx], advantages[idx], rmask, p.clip_range)
+                    v_loss, v_clip = F.value_loss(values, traj.values[idx], returns[idx], rmask, p.clip_range_value)
+                    entropy_mean = F.masked_mean(entropy, rmask)
+                    loss = pg_loss + p.value_coef * v_loss - p.entropy_coef * entropy_mean
+                    self._check_finite("the PPO loss", "update", loss.detach())
+                    self.accelerator.backward(loss / p.grad_accum)
+                    if (step + 1) % p.grad_accum == 0 or step + 1 == len(chunks):
+                        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+                        grad_norm = self.accelerator.clip_grad_norm_(params, p.max_grad_norm)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        sums["grad_norm"] += float(grad_norm)
+                    for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy_mean),
+                                       ("approx_kl", approx_kl), ("clip_fraction", clip_frac), ("value_clip_fraction", v_clip)):  # fmt: skip
+                        sums[key] += float(value.detach())
+                    n_minibatches += 1
+        return {k: v / max(n_minibatches, 1) for k, v in sums.items()}
+
+    def run_iteration(self) -> dict:
+        """One PPO iteration (steps 1-7); returns its statistics, ``time/<phase>`` included."""
+        timer = PhaseTimer()
+        prompts = self.next_prompts()
+        traj, _, texts, breakdown = self.rollout(prompts, timer)
+        advantages, returns, kl = self.advantages(traj, timer)
+        stats = self.update(traj, advantages, returns, timer)
+        mask = traj.response_mask
+        sequence_kl = float((kl * mask).sum(-1).mean())
+        self.kl_ctl.update(sequence_kl, self.cfg.ppo.batch_size)
+        self.iteration += 1
+        stats.update({
+            "reward/total": float(traj.rewards.sum(-1).mean()),
+            "kl": sequence_kl,
+            "kl_coef": self.kl_ctl.value,
+            "response_length": float(mask.sum(-1).float().mean()),
+            "explained_variance": float(F.explained_variance(traj.values, returns, mask)),
+        })  # fmt: skip
+        for k, name in enumerate(breakdown.names):
+            category = breakdown.categories[name]
+            stats[f"rewards/{name}/mean"] = float(traj.category_rewards[..., k].sum(-1).mean())
+            if category.p_error is not None:
+                fraction = category.error_fraction()
+                if not math.isnan(fraction):
+                    stats[f"rewards/{name}/error_fraction"] = fraction
+        if self.oracle is not None:
+            judged = self.oracle(prompts, texts)
+            stats.update({f"oracle/{c}/error_rate": v for c, v in judged["error_rate"].items()})
+            stats["oracle/total_error_rate"] = judged["total_error_rate"]
+        stats.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})
+        self._last = (prompts, texts, breakdown)
+        return stats
+
+    # -- outputs ---------------------------------------------------------------------------------------
+    def log_stats(self, stats: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in stats.items():
+            self.writer.add_scalar(key, value, self.iteration)
+        every = self.cfg.log.samples_every
+        if every and self.iteration % every == 0:
+            prompts, texts, breakdown = self._last
+            self.writer.add_text("samples", format_samples(prompts, texts, breakdown, self.cfg.log.n_samples), self.iteration)
+        self.writer.flush()
+
+    def save_checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            state = {"data_position": self.data_position, "kl_controller": self.kl_ctl.state_dict()}
+            save_checkpoint(
+                self.out, self.iteration, self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.value),
+                self.optimizer, self.scheduler, state, keep=self.cfg.checkpoint.keep,
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
+
+    def check_replicas_agree(self) -> None:
+        """With several processes, every rank must hold the same policy weights; fail loudly otherwise."""
+        if self.accelerator.num_processes == 1:
+            return
+        import hashlib
+
+        from accelerate.utils import gather_object
+
+        digest = hashlib.sha256()
+        for tensor in self.accelerator.unwrap_model(self.policy).state_dict().values():
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        fingerprints = gather_object([digest.hexdigest()])
+        if len(set(fingerprints)) != 1:
+            raise RuntimeError(f"processes disagree on the policy weights: {fingerprints}")
+        if self.is_main:
+            log(f"[ppo] {len(fingerprints)} processes hold identical policy weights (sha256 {fingerprints[0][:12]})")
+
+    def save_final(self) -> None:
+        self.check_replicas_agree()
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            with atomic_directory(self.out / "final", overwrite=True) as tmp:
+                self.accelerator.unwrap_model(self.policy).save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+        self.accelerator.wait_for_everyone()
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        total = cfg.ppo.iterations
+        if self.is_main:
+            log(f"[ppo] iterations {self.iteration + 1}..{total}, {cfg.ppo.batch_size} episodes each, categories: {', '.join(self.scorer.names)}")
+        bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not (self.is_main and cfg.log.progress))
+        stats: dict = {}
+        while self.iteration < total:
+            stats = self.run_iteration()
+            self.log_stats(stats)
+            bar.update(1)
+            bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+            if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.save_final()
+        if self.writer is not None:
+            self.writer.close()
+        return stats
+
+
+def format_samples(prompts, texts, breakdown, n: int) -> str:
+    """Markdown: a few completions with every segment's reward marked after it, per category."""
+    parts = []
+    for i in range(min(n, len(texts))):
+        lines = [f"**prompt:** {prompts[i]}", ""]
+        for name, c in breakdown.categories.items():
+            marked, last = [], 0
+            for (s, e), r in zip(c.segments[i], c.rewards[i]):
+                marked.append(texts[i][last:e] + f" **[{r:+.2f}]**")
+                last = e
+            marked.append(texts[i][last:])
+            lines.append(f"*{name}:* " + "".join(marked))
+        parts.append("\n\n".join(lines))
+    return "\n\n---\n\n".join(parts)
+
+
+def build_trainer(cfg: DictConfig) -> PPOTrainer:
+    return PPOTrainer(cfg)
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose_from_argv("ppo", argv)
+    if cfg is None:
+        return 0
+    from omegaconf import OmegaConf
+
+    trainer = build_trainer(cfg)
+    if trainer.is_main:
+        log("[ppo] resolved config:\n" + OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.train()
+    if trainer.is_main:
+        log(f"[ppo] wrote {Path(cfg.output_dir) / 'final'}")
+    return 0
