@@ -4,6 +4,7 @@ tokenizers, including non-canonical id sequences and multi-byte characters split
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -36,6 +37,43 @@ def sentencepiece_style():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
+@functools.lru_cache(maxsize=1)
+def sentencepiece_byte_fallback():
+    """Llama-style: '▁' for spaces, and any character outside the vocabulary spelled as <0xNN> byte
+    tokens (ordinary vocabulary entries, not special tokens), so one character can span several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "</s>", "<pad>"] + [f"<0x{b:02X}>" for b in range(256)])}
+    for ch in "▁abcdefghijklmnopqrstuvwxyz,.é日":
+        vocab.setdefault(ch, len(vocab))
+    merges = [("▁", "a"), ("▁", "t"), ("h", "e"), ("▁t", "he")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def test_byte_fallback_tokenizer_spells_unknown_characters_in_bytes():
+    tok = sentencepiece_byte_fallback()
+    ids = tok("the ☃", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids)[-3:] == ["<0xE2>", "<0x98>", "<0x83>"]
+    (decoded,) = decode_with_offsets(tok, [ids + [tok.eos_token_id]])
+    assert decoded.text == "the ☃"
+    assert decoded.token_ends[-4:] == [4, 4, 5, 5]  # the snowman belongs to its last byte; EOS adds nothing
+
+
+def test_tokens_after_the_first_eos_add_no_text():
+    tok = byte_level()
+    ids = tok("Bora.", add_special_tokens=False).input_ids
+    junk = tok(" town", add_special_tokens=False).input_ids
+    (decoded,) = decode_with_offsets(tok, [ids + [tok.eos_token_id] + junk])
+    assert decoded.text == "Bora."
+    assert decoded.token_ends[len(ids):] == [5] * (1 + len(junk))
+
+
 def reference_ends(tokenizer, ids, text):
     """Brute force: for each prefix, how many leading characters of the final text it already shows."""
     ends, best = [], 0
@@ -55,7 +93,9 @@ TEXT = st.text(
 )
 
 
-@pytest.mark.parametrize("make", [byte_level, sentencepiece_style], ids=["byte_level", "sentencepiece"])
+@pytest.mark.parametrize(
+    "make", [byte_level, sentencepiece_style, sentencepiece_byte_fallback], ids=["byte_level", "sentencepiece", "byte_fallback"]
+)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT, split_chars=st.booleans())
 def test_token_ends_match_prefix_decoding(make, text, split_chars):
@@ -116,3 +156,67 @@ def test_sequence_reward_goes_to_last_token_without_eos_and_nowhere_for_empty():
     seq = CategoryRewards("whole", "sequence", "preference", [[(0, 2)], []], [[1.5], []])
     placed = place_rewards(RewardBreakdown({"whole": seq}), decoded, mask)
     assert placed[0, 1, 0] == 1.5 and placed.sum() == 1.5
+
+
+@pytest.mark.parametrize("make", [byte_level, sentencepiece_style, sentencepiece_byte_fallback])
+def test_fast_route_needs_no_prefix_decoding(make, monkeypatch):
+    """The exact fast route covers ordinary and non-canonical ids: prefix decoding (quadratic) is not used."""
+    import finegrained.rewards.placement as placement
+
+    def forbidden(*args):
+        raise AssertionError("fell back to prefix decoding")
+
+    tok = make()
+    text = "the café 日本 😀👍🏽 e\u0301 ☃."
+    canonical = tok(text, add_special_tokens=False).input_ids
+    per_char = [i for ch in text for i in tok(ch, add_special_tokens=False).input_ids]
+    rows = [canonical + [tok.eos_token_id], per_char + [tok.eos_token_id]]
+    expected = [reference_ends(tok, ids, tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)) for ids in rows]
+    monkeypatch.setattr(placement, "_ends_by_prefix", forbidden)
+    decoded = decode_with_offsets(tok, rows)
+    assert [d.token_ends for d in decoded] == expected
+
+
+def test_added_non_byte_level_token_takes_the_exact_slow_route(monkeypatch):
+    import copy
+
+    tok = copy.deepcopy(byte_level())  # not the cached one: other tests must not see the added token
+    tok.add_tokens(["<my note>"])  # an ordinary added token, its space not in the byte-level alphabet
+    ids = tok("Bora<my note> is", add_special_tokens=False).input_ids
+    assert "<my note>" in tok.convert_ids_to_tokens(ids)
+    import finegrained.rewards.placement as placement
+
+    slow_calls = []
+    real_slow = placement._ends_by_prefix
+    monkeypatch.setattr(placement, "_ends_by_prefix", lambda *args: slow_calls.append(1) or real_slow(*args))
+    (decoded,) = decode_with_offsets(tok, [ids])
+    assert slow_calls == [1]
+    assert decoded.text == tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert decoded.token_ends == reference_ends(tok, ids, decoded.text)
+
+
+@pytest.mark.parametrize("make", [byte_level, sentencepiece_byte_fallback], ids=["byte_level", "byte_fallback"])
+@settings(max_examples=40, deadline=None)
+@given(text=TEXT, split_chars=st.booleans(), rewards=st.lists(st.integers(-3, 3), min_size=40, max_size=40), pad=st.integers(0, 3))
+def test_each_word_reward_lands_on_the_token_completing_its_last_character(make, text, split_chars, rewards, pad):
+    tok = make()
+    if split_chars:
+        ids = [i for ch in text for i in tok(ch, add_special_tokens=False).input_ids]
+    else:
+        ids = tok(text, add_special_tokens=False).input_ids
+    ids = ids + [tok.eos_token_id]
+    (decoded,) = decode_with_offsets(tok, [ids])
+    segments = [(m.start(), m.end()) for m in re.finditer(r"\S+", decoded.text)]  # trimmed, like sentences
+    values = [float(r) for r in rewards[: len(segments)]]
+    mask = torch.zeros(1, len(ids) + pad, dtype=torch.bool)
+    mask[0, : len(ids)] = True
+    span = CategoryRewards("words", "sub_sentence", "span", [segments], [values])
+    seq = CategoryRewards("whole", "sequence", "preference", [[(0, len(decoded.text))]], [[2.5]])
+    placed = place_rewards(RewardBreakdown({"words": span, "whole": seq}), [decoded], mask)
+    expected = torch.zeros_like(placed)
+    ends = reference_ends(tok, ids, decoded.text)
+    for (start, end), value in zip(segments, values):
+        expected[0, next(k for k, e in enumerate(ends) if e >= end), 0] += value  # plain loop reference
+    expected[0, len(ids) - 1, 1] = 2.5  # on EOS
+    assert torch.equal(placed, expected)
+    assert placed[..., 0].sum().item() == pytest.approx(sum(values))
