@@ -1,0 +1,120 @@
+"""``finegrained eval-rm model=<dir> data=<jsonl>``: score a reward model on another annotated file.
+
+Writes the same ``metrics.json`` that training writes (span models: segment accuracy, error
+precision/recall/F1 and the two trivial baselines; preference models: pairwise accuracy), by default to
+``<model>/eval/<data file stem>/metrics.json``, and prints the metrics as a table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import compose_from_argv, log
+from ..errors import FinegrainedError
+from .inference import METRICS_FILE, RewardModelJudge, load_judge, read_metadata
+from .preference_model import PreferencePair, load_preference_pairs, pairwise_metrics
+from .span_model import LABEL_CLEAN, LABEL_ERROR, SpanExample, load_span_examples, span_metrics
+
+SCHEMA_COPY = "schema.yaml"
+
+USAGE = """usage: finegrained eval-rm model=<reward model dir> data=<jsonl> [output_dir=<dir>] [batch_size=N]
+
+Scores the reward model on an annotated file of its category (span JSONL for span models, preference
+JSONL for preference models) and writes metrics.json (default: <model>/eval/<data stem>/)."""
+
+
+def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample], threshold: float = 0.5) -> dict:
+    """Segment-level metrics of a span judge on labelled examples (every segment counts, none skipped)."""
+    if not examples:
+        return span_metrics([], [])
+    p_error = judge.score_segments(
+        [e.prompt for e in examples], [e.completion for e in examples], [e.segments for e in examples]
+    )
+    labels = [y for e in examples for y in e.labels]
+    predictions = [LABEL_ERROR if p > threshold else LABEL_CLEAN for ps in p_error for p in ps]
+    return span_metrics(labels, predictions)
+
+
+def evaluate_preference_judge(judge: RewardModelJudge, pairs: Sequence[PreferencePair]) -> dict:
+    """Pairwise accuracy of a sequence judge: chosen and rejected are scored in one batched call."""
+    if not pairs:
+        return pairwise_metrics([], [])
+    prompts = [p.prompt for p in pairs]
+    scores = judge.score_sequences(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    n = len(pairs)
+    return pairwise_metrics(scores[:n], scores[n:])
+
+
+def format_metrics_table(metrics: dict, title: str = "metrics") -> str:
+    """A two-column plain-text table, one metric a row."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            text = "nan" if math.isnan(value) else f"{value:.4f}"
+        else:
+            text = str(value)
+        rows.append((key, text))
+    width = max([len(k) for k, _ in rows] + [len(title)])
+    value_width = max([len(v) for _, v in rows] + [5])
+    line = f"+-{'-' * width}-+-{'-' * value_width}-+"
+    out = [line, f"| {title:<{width}} | {'':>{value_width}} |", line]
+    out += [f"| {k:<{width}} | {v:>{value_width}} |" for k, v in rows]
+    out.append(line)
+    return "\n".join(out)
+
+
+def load_schema_for_model(model_dir: Path, schema_override: str | None):
+    """The schema a reward model was trained with: its saved copy, or ``schema=`` when given."""
+    from ..schema import load_schema
+
+    if schema_override:
+        return load_schema(schema_override)
+    copy = model_dir / SCHEMA_COPY
+    if copy.is_file():
+        return load_schema(copy)
+    raise FinegrainedError(f"{model_dir}: no saved {SCHEMA_COPY}; pass schema=<path or name>")
+
+
+def evaluate_model_dir(model_dir: str | Path, data: str | Path, schema: str | None = None, batch_size: int = 32,
+                       device=None) -> dict:
+    """Metrics of the reward model in ``model_dir`` on the annotated file ``data``."""
+    model_dir = Path(model_dir)
+    metadata = read_metadata(model_dir)
+    annotation_schema = load_schema_for_model(model_dir, schema)
+    try:
+        category = annotation_schema.category(metadata["category"])
+    except KeyError as e:
+        raise FinegrainedError(str(e.args[0])) from None
+    if not Path(data).is_file():
+        raise FinegrainedError(f"{data}: no such data file")
+    judge = load_judge(model_dir, device=device, batch_size=batch_size)
+    if judge.kind == "span":
+        examples = load_span_examples(
+            data, annotation_schema, category, judge.segmentation, int(metadata.get("min_overlap_words", 1))
+        )
+        return evaluate_span_judge(judge, examples)
+    return evaluate_preference_judge(judge, load_preference_pairs(data, annotation_schema, category))
+
+
+def main(argv: list[str]) -> int:
+    from ..io import atomic_write_json
+
+    # ``model`` is also the name of a config group (conf/model/), which Hydra would try to select, so the
+    # documented ``model=<dir>`` is read as the plain key ``model_dir``.
+    argv = [f"model_dir={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
+    cfg = compose_from_argv("eval_rm", argv, usage=USAGE)
+    if cfg is None:
+        return 0
+    if not cfg.get("model_dir") or not cfg.get("data"):
+        raise FinegrainedError("finegrained eval-rm: give model=<reward model dir> and data=<jsonl>")
+    model_dir = Path(cfg.model_dir)
+    data = Path(cfg.data)
+    metrics = evaluate_model_dir(model_dir, data, cfg.get("schema"), int(cfg.batch_size), cfg.get("device"))
+    metrics = {**metrics, "data": str(data)}
+    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else model_dir / "eval" / data.stem
+    atomic_write_json(output_dir / METRICS_FILE, metrics)
+    print(format_metrics_table({k: v for k, v in metrics.items() if k != "data"}, f"eval-rm: {data.name}"))
+    log(f"wrote {output_dir / METRICS_FILE}")
+    return 0

@@ -1,0 +1,167 @@
+"""Judges backed by trained reward-model directories.
+
+``load_judge(model_dir)`` reads ``finegrained.json`` and the HF weights and returns a
+``RewardModelJudge``: a span judge ``judge(prompts, completions, segments) -> p_error per segment`` or a
+sequence judge ``judge(prompts, completions) -> raw score per completion`` (see docs/ARCHITECTURE.md,
+"Judges"). Scoring batches across samples: each chunk of ``batch_size`` inputs is one padded forward
+pass under ``torch.inference_mode``; there is no per-sample loop over the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FinegrainedError
+from ..schema import SegmentationConfig
+from .preference_model import encode_sequence_inputs, pad_sequences
+from .span_model import InputLayout, encode_span_input, marker_error_probabilities, pad_windows, segment_type_count
+
+METADATA_FILE = "finegrained.json"
+METRICS_FILE = "metrics.json"
+FORMAT_VERSION = 1
+
+Span = tuple[int, int]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """``finegrained.json`` of a reward-model directory; a user error when missing or unreadable."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FinegrainedError(
+            f"{model_dir}: not a reward-model directory (no {METADATA_FILE}); train one with 'finegrained train-rm'"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FinegrainedError(f"{path}: unreadable metadata: {e}") from None
+
+
+class RewardModelJudge:
+    """A trained reward model as a judge.
+
+    Attributes (from ``finegrained.json``): ``category``, ``granularity``, ``kind`` (``span`` or
+    ``preference``), ``uses_context``, ``normalisation`` (``{"mean", "std"}`` for preference models,
+    None for span models), ``segmentation`` (the ``SegmentationConfig`` the model was trained with),
+    ``max_length``.
+    """
+
+    def __init__(self, model, tokenizer, metadata: dict[str, Any], device=None, batch_size: int = 32):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.metadata = metadata
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.batch_size = int(batch_size)
+        self.category: str = metadata["category"]
+        self.granularity: str = metadata["granularity"]
+        self.kind: str = metadata["kind"]
+        self.uses_context: bool = bool(metadata.get("uses_context", True))
+        self.normalisation: dict[str, float] | None = metadata.get("normalisation")
+        self.segmentation = SegmentationConfig(**metadata.get("segmentation", {}))
+        self.max_length: int = int(metadata["max_length"])
+        self.layout = InputLayout.for_tokenizer(tokenizer)
+        self.marker_id = (
+            tokenizer.convert_tokens_to_ids(metadata["marker_token"]) if self.kind == "span" else None
+        )
+        self.pad_id = tokenizer.pad_token_id
+        self.n_types = segment_type_count(model)
+        self.segment_types = self.kind == "span" and self.n_types >= 2
+        #: windows scored beyond the first because a completion alone exceeded max_length
+        self.n_split_completions = 0
+
+    def __repr__(self) -> str:
+        return f"RewardModelJudge(category={self.category!r}, kind={self.kind!r}, granularity={self.granularity!r})"
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], segments=None):
+        if self.kind == "span":
+            if segments is None:
+                raise TypeError(f"{self!r} is a span judge: call it with (prompts, completions, segments)")
+            return self.score_segments(prompts, completions, segments)
+        return self.score_sequences(prompts, completions)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids.to(self.device)}
+        return self.model(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), **extra
+        ).logits
+
+    def score_segments(
+        self, prompts: Sequence[str], completions: Sequence[str], segments: Sequence[Sequence[Span]]
+    ) -> list[list[float]]:
+        """Probability of error for every segment of every completion.
+
+        Returns:
+            Per completion, ``len(segments[i])`` floats in [0, 1] (``[]`` for no segments).
+        """
+        if not (len(prompts) == len(completions) == len(segments)):
+            raise ValueError("prompts, completions and segments must have the same length")
+        windows, owners = [], []
+        for i, (prompt, completion, segs) in enumerate(zip(prompts, completions, segments)):
+            encoded = encode_span_input(
+                self.tokenizer, self.layout, self.marker_id,
+                prompt if self.uses_context else None, completion, segs, self.max_length, self.n_types,
+            )
+            self.n_split_completions += max(len(encoded) - 1, 0)
+            windows.extend(encoded)
+            owners.extend([i] * len(encoded))
+        result = [[0.0] * len(s) for s in segments]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for lo in range(0, len(windows), self.batch_size):
+                    batch = pad_windows(windows[lo : lo + self.batch_size], self.pad_id)
+                    types = batch.token_type_ids if self.segment_types else None
+                    logits = self._forward(batch.input_ids, batch.attention_mask, types)  # (B, L, 2)
+                    for window, owner, probs in zip(
+                        batch.windows, owners[lo : lo + self.batch_size], marker_error_probabilities(logits, batch)
+                    ):
+                        for seg, p in zip(window.segment_indices, probs):
+                            result[owner][seg] = float(p)
+        finally:
+            self.model.train(was_training)
+        return result
+
+    def score_sequences(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """One raw score per completion (higher is better); normalise with ``self.normalisation``."""
+        if len(prompts) != len(completions):
+            raise ValueError("prompts and completions must have the same length")
+        encoded = encode_sequence_inputs(
+            self.tokenizer, self.layout, list(prompts) if self.uses_context else None, list(completions), self.max_length
+        )
+        scores: list[float] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for lo in range(0, len(encoded), self.batch_size):
+                    input_ids, mask = pad_sequences([e.input_ids for e in encoded[lo : lo + self.batch_size]], self.pad_id)
+                    logits = self._forward(input_ids, mask)  # (B, 1)
+                    scores.extend(logits[:, 0].float().cpu().tolist())
+        finally:
+            self.model.train(was_training)
+        return scores
+
+
+def load_judge(model_dir: str | Path, device=None, batch_size: int = 32) -> RewardModelJudge:
+    """Load a reward-model directory written by ``finegrained train-rm`` (or ``init_reward_model_dir``)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    metadata = read_metadata(model_dir)
+    device = torch.device(device) if device is not None else default_device()
+    auto = AutoModelForTokenClassification if metadata["kind"] == "span" else AutoModelForSequenceClassification
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = auto.from_pretrained(str(model_dir))
+    except OSError as e:
+        raise FinegrainedError(f"{model_dir}: cannot load the reward model: {e}") from None
+    model.to(device).eval()
+    return RewardModelJudge(model, tokenizer, metadata, device=device, batch_size=batch_size)

