@@ -1,0 +1,227 @@
+"""``finegrained sft``: supervised fine-tuning of a causal LM on prompt/completion pairs.
+
+The input of one example follows the policy text convention (docs/ARCHITECTURE.md): the prompt ids
+(``add_special_tokens=False``), then the completion ids and EOS. The loss covers the completion and its
+EOS only; prompt positions carry the label -100. Writes ``output_dir/final/`` (model and tokenizer,
+safetensors, loadable with ``from_pretrained``), tensorboard logs under ``output_dir/tb`` and, every
+``checkpoint.every`` steps, ``output_dir/checkpoints/step-N/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from .config import compose_from_argv, log, save_config
+from .errors import FinegrainedError, InputError, Problem
+from .io import atomic_directory
+
+IGNORE_INDEX = -100
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Prompt/completion pairs from JSONL; every problem reported as ``FILE:LINE: field: message``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    pairs, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(Problem(str(path), line_number, f"not valid JSON: {e.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append(Problem(str(path), line_number, "each line must be a JSON object"))
+                continue
+            for key in ("prompt", "completion"):
+                if not isinstance(obj.get(key), str):
+                    problems.append(Problem(str(path), line_number, "must be a string", field=key))
+            pairs.append(obj)
+    if not pairs and not problems:
+        problems.append(Problem(str(path), None, "empty file: no prompt/completion pairs"))
+    if problems:
+        raise InputError(problems[:50])
+    return [{"prompt": p["prompt"], "completion": p["completion"]} for p in pairs]
+
+
+def load_corpus(cfg: DictConfig) -> tuple[list[dict], list[dict]]:
+    if cfg.data.train:
+        train = read_pairs(cfg.data.train)
+        return train, read_pairs(cfg.data.eval) if cfg.data.eval else []
+    from .tasks.synthetic_qa import sft_corpus
+
+    rates = None if cfg.data.error_rates is None else dict(cfg.data.error_rates)
+    train = sft_corpus(cfg.data.n_train, seed=cfg.seed, error_rates=rates, split="train")
+    eval_ = sft_corpus(cfg.data.n_eval, seed=cfg.seed, error_rates=rates, split="eval")
+    return train, eval_
+
+
+def build_model(cfg: DictConfig, texts: list[str]):
+    """A causal LM and tokenizer: ``from_pretrained`` on ``model.name_or_path``, or a tiny GPT-2 with a
+    tokenizer trained on ``texts``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models.tiny import tiny_causal_lm, train_tokenizer
+
+    if cfg.model.name_or_path:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path)
+        except (OSError, ValueError) as e:
+            raise FinegrainedError(f"{cfg.model.name_or_path}: cannot load a causal LM: {e}") from None
+        if tokenizer.eos_token_id is None:
+            raise FinegrainedError(f"{cfg.model.name_or_path}: the tokenizer has no EOS token")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+    tokenizer = train_tokenizer(texts, vocab_size=cfg.model.vocab_size)
+    model = tiny_causal_lm(
+        tokenizer, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, n_head=cfg.model.n_head,
+        n_positions=cfg.model.n_positions, seed=cfg.seed,
+    )  # fmt: skip
+    return model, tokenizer
+
+
+def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]] | None:
+    """Input ids and labels (-100 on the prompt); the prompt is cut from the left when too long.
+    None when the completion alone does not fit."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    room = max_length - len(completion_ids)
+    if room < 1:
+        return None
+    prompt_ids = prompt_ids[-room:]
+    return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask and labels, each (B, L)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def encode_all(tokenizer, pairs: list[dict], max_length: int, what: str) -> list:
+    encoded = [encode_example(tokenizer, p["prompt"], p["completion"], max_length) for p in pairs]
+    skipped = sum(e is None for e in encoded)
+    if skipped:
+        log(f"[sft] warning: skipped {skipped} of {len(pairs)} {what} examples whose completion does not fit in {max_length} tokens")
+    return [e for e in encoded if e is not None]
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, accelerator) -> float:
+    """Mean loss per completion token over ``batches``."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        with accelerator.autocast():
+            total += float(model(**batch).loss) * n
+        tokens += n
+    model.train()
+    return total / max(tokens, 1)
+
+
+def save_hf_dir(model, tokenizer, directory: Path, accelerator, overwrite: bool = True) -> None:
+    """Model and tokenizer as an HF directory (safetensors), written atomically."""
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def train_sft(cfg: DictConfig) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(cfg.output_dir)
+    if (out / "final").exists() and not cfg.overwrite:
+        raise FinegrainedError(f"{out / 'final'} already exists; pass overwrite=true to replace it")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    set_seed(cfg.seed)
+    train_pairs, eval_pairs = load_corpus(cfg)
+    model, tokenizer = build_model(cfg, [p["prompt"] + " " + p["completion"] for p in train_pairs])
+    max_length = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
+    train_examples = encode_all(tokenizer, train_pairs, max_length, "training")
+    eval_batches = [
+        collate(chunk, tokenizer.pad_token_id)
+        for chunk in _chunks(encode_all(tokenizer, eval_pairs, max_length, "eval"), cfg.train.batch_size)
+    ]
+    if not train_examples:
+        raise FinegrainedError("no training example fits the model's context")
+    steps_per_epoch = math.ceil(len(train_examples) / cfg.train.batch_size)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps // 2), total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    writer = SummaryWriter(str(out / "tb")) if accelerator.is_main_process else None
+    log(f"[sft] {len(train_examples)} training examples, {total_steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    initial_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else float("nan")
+    rng = random.Random(cfg.seed)
+    step = 0
+    model.train()
+    bar = tqdm(total=total_steps, desc="sft", disable=not (cfg.train.progress and accelerator.is_main_process))
+    for epoch in range(cfg.train.epochs):
+        order = list(range(len(train_examples)))
+        rng.shuffle(order)
+        for chunk in _chunks(order, cfg.train.batch_size):
+            batch = collate([train_examples[i] for i in chunk], tokenizer.pad_token_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            if writer is not None and step % cfg.train.log_every == 0:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and accelerator.is_main_process:
+                save_hf_dir(model, tokenizer, out / "checkpoints" / f"step-{step}", accelerator)
+    bar.close()
+    final_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else float("nan")
+    if writer is not None:
+        writer.add_scalar("eval/loss", final_eval, step)
+        writer.close()
+    if accelerator.is_main_process:
+        save_hf_dir(model, tokenizer, out / "final", accelerator, overwrite=bool(cfg.overwrite))
+    log(f"[sft] eval loss per completion token {initial_eval:.3f} -> {final_eval:.3f}; wrote {out / 'final'}")
+    return {"initial_eval_loss": initial_eval, "eval_loss": final_eval, "steps": step}
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def main(argv: list[str]) -> int:
+    cfg = compose_from_argv("sft", argv)
+    if cfg is None:
+        return 0
+    train_sft(cfg)
+    return 0
