@@ -1,0 +1,140 @@
+"""``finegrained evaluate``: compare policies on held-out prompts.
+
+For every policy: generate (greedy by default) on the task's held-out prompts, then report the task
+oracle's per-category error rates (when the task has an oracle), the reward models' mean rewards (when a
+reward config is given), the KL to the reference policy, the mean response length and ROUGE-L against
+the reference answers. Writes ``output_dir/eval.json`` and prints a table.
+
+KL: for each response, the sum over its tokens of the exact KL(policy || reference) between the two
+next-token distributions along the generated path; ``kl`` is the mean over responses.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from .config import compose_from_argv, log, to_container
+from .errors import FinegrainedError
+from .io import atomic_write_json
+from .text_metrics import rouge_l
+
+USAGE = """usage: finegrained evaluate policies.NAME=DIR [policies.NAME2=DIR2 ...] [reference=NAME] [key=value ...]
+
+Generates from each policy on held-out prompts and writes output_dir/eval.json."""
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_prompts(cfg: DictConfig) -> list[dict]:
+    from hydra.utils import instantiate
+
+    records = instantiate(cfg.task.prompts, split=cfg.split, n=cfg.n_prompts)
+    if not records:
+        raise FinegrainedError(f"task produced no prompts for split {cfg.split!r}")
+    return list(records)
+
+
+def evaluate_policies(cfg: DictConfig) -> dict:
+    """Run the evaluation described by ``cfg``; returns the eval.json content."""
+    from hydra.utils import instantiate
+
+    from .generation import generate, load_policy, response_kl
+
+    policies: dict[str, str] = dict(cfg.policies or {})
+    if not policies:
+        raise FinegrainedError("finegrained evaluate: give at least one policy, e.g. policies.sft=outputs/demo/sft/final")
+    reference = cfg.reference or next(iter(policies))
+    reference_path = policies.get(reference, reference)
+    device = pick_device(cfg.device)
+    records = load_prompts(cfg)
+    prompts = [r["prompt"] for r in records]
+    references = [r.get("reference") for r in records]
+    oracle = instantiate(cfg.oracle) if cfg.oracle is not None else None
+    scorer = None
+    if cfg.reward is not None:
+        from .rewards.scorer import RewardScorer
+
+        scorer = RewardScorer.from_config(cfg.reward, device=device)
+
+    ref_model, _ = load_policy(reference_path, device)
+    gen = cfg.generation
+    results: dict[str, dict] = {}
+    for name, path in policies.items():
+        log(f"[evaluate] {name}: generating {len(prompts)} completions from {path}")
+        model, tokenizer = load_policy(path, device)
+        generations = generate(
+            model, tokenizer, prompts,
+            max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
+            top_k=gen.top_k, top_p=gen.top_p, batch_size=gen.batch_size, seed=cfg.seed, progress=True,
+        )  # fmt: skip
+        completions = [g.completion for g in generations]
+        kls = response_kl(model, ref_model, tokenizer, generations, batch_size=gen.batch_size)
+        entry: dict = {
+            "n": len(generations),
+            "kl": statistics.fmean(kls),
+            "mean_length": statistics.fmean(len(g.response_ids) - g.ended for g in generations),
+            "ended_with_eos": statistics.fmean(g.ended for g in generations),
+        }
+        scored = [(c, r) for c, r in zip(completions, references) if r]
+        entry["rouge_l"] = statistics.fmean(rouge_l(c, r) for c, r in scored) if scored else None
+        if oracle is not None:
+            judged = oracle(prompts, completions)
+            entry["error_rate"] = dict(judged["error_rate"])
+            entry["total_error_rate"] = judged["total_error_rate"]
+            entry["oracle"] = {k: v for k, v in judged.items() if k not in ("error_rate", "total_error_rate")}
+        if scorer is not None:
+            breakdown = scorer(prompts, completions)
+            entry["rewards"] = {
+                c.name: statistics.fmean(sum(r) for r in c.rewards) for c in breakdown.categories.values()
+            }
+            entry["reward_total"] = statistics.fmean(breakdown.total_per_sample())
+        entry["examples"] = [
+            {"prompt": g.prompt, "completion": g.completion} for g in generations[: cfg.n_examples]
+        ]
+        results[name] = entry
+        del model
+    return {"split": cfg.split, "n_prompts": len(prompts), "reference": reference, "policies": results}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """One row per policy: per-category error rates, total error rate, KL, length, ROUGE-L."""
+    categories = sorted({c for r in results.values() for c in r.get("error_rate", {})})
+    header = ["policy", *[f"err:{c}" for c in categories], "total_err", "kl", "length", "rouge_l"]
+    rows = []
+    for name, r in results.items():
+        def fmt(x):
+            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+        rows.append([
+            name, *[fmt(r.get("error_rate", {}).get(c)) for c in categories],
+            fmt(r.get("total_error_rate")), fmt(r.get("kl")), f"{r['mean_length']:.1f}", fmt(r.get("rouge_l")),
+        ])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    # Policy names are the user's own keys: accept policies.NAME=DIR without Hydra's "+" for new keys.
+    argv = [f"+{a}" if a.startswith("policies.") else a for a in argv]
+    cfg = compose_from_argv("evaluate", argv, usage=USAGE)
+    if cfg is None:
+        return 0
+    out = Path(cfg.output_dir)
+    report = evaluate_policies(cfg)
+    report["config"] = to_container(cfg)
+    atomic_write_json(out / "eval.json", report)
+    print(format_table(report["policies"]))
+    log(f"[evaluate] wrote {out / 'eval.json'}")
+    return 0
+

@@ -1,0 +1,34 @@
+"""`finegrained demo quick`: every stage of the embedded default runs and leaves its outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finegrained import demo
+from finegrained.plots import read_scalars
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_stage(tmp_path, capsys):
+    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seeds"] == [0]
+    assert results["episodes"] == 3 * 16
+    assert set(results["policies"]) == {"sft", "holistic", "fine_grained"}
+    for policy in results["policies"].values():
+        assert set(policy["error_rate"]) == {"relevance", "factuality", "completeness"}
+        assert len(policy["per_seed_total_error_rate"]) == 1
+        for key in ("total_error_rate", "kl", "mean_length", "rouge_l"):
+            assert isinstance(policy[key], float)
+    assert results["policies"]["sft"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "oracle_error_rate.png").stat().st_size > 1000
+    for category in ("relevance", "factuality", "completeness", "holistic"):
+        metadata = json.loads((tmp_path / "rm" / category / "finegrained.json").read_text())
+        assert metadata["category"] == category
+    scalars = read_scalars(tmp_path / "ppo" / "fine_grained-seed0")
+    assert {"rewards/relevance/mean", "rewards/factuality/mean", "rewards/completeness/mean", "oracle/total_error_rate"} <= set(scalars)
+    assert "fine-grained PPO has a lower oracle total error rate than holistic PPO on" in capsys.readouterr().out
+    # a second call finds every stage complete and only re-aggregates
+    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
