@@ -83,7 +83,7 @@ def stage_annotate(cfg: DictConfig, out: Path, policy_dir: Path) -> dict[str, Pa
     records = task.prompts("train", n=cfg.n_annotation_prompts, seed=1)
     model, tokenizer = load_policy(str(policy_dir))
     prompts = [r["prompt"] for r in records for _ in range(cfg.samples_per_prompt)]
-    generations = generate(model, tokenizer, prompts, do_sample=True, max_new_tokens=96, seed=0, progress=True)
+    generations = generate(model, tokenizer, prompts, do_sample=True, max_new_tokens=cfg.max_new_tokens, seed=0, progress=True)
     rng = random.Random(0)
     annotators = [f"ann-{i}" for i in range(cfg.annotators)]
     spans = {"train": [], "eval": []}
@@ -156,7 +156,8 @@ def ppo_overrides(cfg: DictConfig, method: str, rm_dirs: dict[str, Path], policy
         reward = ["reward=holistic", f"reward.categories.holistic.model={rm_dirs['holistic']}",
                   f"reward.categories.holistic.weight={cfg.holistic_weight}"]  # fmt: skip
     return ["policy=pretrained", f"policy.name_or_path={policy_dir}", "task=synthetic_qa",
-            f"ppo.iterations={cfg.ppo_iterations}", *reward, *cfg.ppo_overrides]  # fmt: skip
+            f"ppo.iterations={cfg.ppo_iterations}", f"generation.max_new_tokens={cfg.max_new_tokens}",
+            *reward, *cfg.ppo_overrides]  # fmt: skip
 
 
 def stage_ppo(cfg: DictConfig, out: Path, seed: int, method: str, rm_dirs, policy_dir: Path) -> Path:
@@ -184,6 +185,7 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
         run_command(
             evaluate.main,
             [f"output_dir={eval_dir}", f"seed={seed}", f"n_prompts={cfg.n_eval_prompts}", "reference=sft",
+             f"generation.do_sample={cfg.eval_sampling}", f"generation.max_new_tokens={cfg.max_new_tokens}",
              *[f"policies.{name}={path}" for name, path in policies.items()]],  # fmt: skip
             f"oracle evaluation, seed {seed}",
         )
