@@ -1,0 +1,73 @@
+"""``finegrained sample``: completions from a policy, as JSONL the annotation app reads.
+
+    finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl [--n-per-prompt K]
+
+``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``). Each output record is
+``{"id", "prompt", "completion"}`` with ids ``<prompt id>-<k>``; closing the loop sample -> annotate ->
+train-rm -> ppo -> sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import InputError, Problem
+from .io import atomic_write_jsonl
+
+
+def read_prompts(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    records, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(Problem(str(path), line_number, f"not valid JSON: {e.msg}"))
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                problems.append(Problem(str(path), line_number, "must be an object with a string", field="prompt"))
+                continue
+            records.append({"id": str(obj.get("id", f"p{line_number}")), "prompt": obj["prompt"]})
+    if not records and not problems:
+        problems.append(Problem(str(path), None, "empty file: no prompts"))
+    if problems:
+        raise InputError(problems[:50])
+    return records
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="finegrained sample", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", required=True, help="HF causal LM directory (or hub id) with its tokenizer")
+    parser.add_argument("--prompts", required=True, type=Path, help="JSONL with a 'prompt' (and 'id') per line")
+    parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion)")
+    parser.add_argument("--n-per-prompt", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    from .evaluate import pick_device
+    from .generation import generate, load_policy
+
+    records = read_prompts(args.prompts)
+    model, tokenizer = load_policy(args.policy, pick_device(args.device))
+    expanded = [(r, k) for r in records for k in range(args.n_per_prompt)]
+    generations = generate(
+        model, tokenizer, [r["prompt"] for r, _ in expanded], max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        batch_size=args.batch_size, seed=args.seed, progress=True,
+    )  # fmt: skip
+    out = [{"id": f"{r['id']}-{k}", "prompt": r["prompt"], "completion": g.completion} for (r, k), g in zip(expanded, generations)]
+    atomic_write_jsonl(args.output, out)
+    print(f"wrote {len(out)} completions to {args.output}")
+    return 0
