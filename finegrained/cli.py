@@ -24,7 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("finegrained.evaluate", "evaluate and compare policies (Hydra)"),
     "demo": ("finegrained.demo", "built-in task end to end: fine-grained vs holistic RLHF (Hydra)"),
     "bench": ("finegrained.bench", "phase-level PPO benchmark (Hydra)"),
-    "annotate": ("finegrained.app.server", "browser app for span and preference annotation"),
     "agreement": ("finegrained.agreement", "inter-annotator agreement and majority-vote merge"),
 }
 
