@@ -70,3 +70,35 @@ def atomic_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_string_records(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+    """JSONL objects whose ``required`` fields are strings (prompt/completion pairs, prompts to sample).
+    Every problem is reported as ``FILE:LINE: field: message`` in one ``InputError``."""
+    from .errors import InputError, Problem
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    records, problems = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(Problem(str(path), line_number, f"not valid JSON: {e.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append(Problem(str(path), line_number, "each line must be a JSON object"))
+                continue
+            bad = [key for key in required if not isinstance(obj.get(key), str)]
+            problems += [Problem(str(path), line_number, "must be a string", field=key) for key in bad]
+            if not bad:
+                records.append({**obj, "_line": line_number})
+    if not records and not problems:
+        problems.append(Problem(str(path), None, f"empty file: no records with {', '.join(required)}"))
+    if problems:
+        raise InputError(problems[:50])
+    return records

@@ -10,35 +10,14 @@ train-rm -> ppo -> sample.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from .errors import InputError, Problem
-from .io import atomic_write_jsonl
+from .io import atomic_write_jsonl, read_string_records
 
 
 def read_prompts(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise InputError("no such file", file=path)
-    records, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(str(path), line_number, f"not valid JSON: {e.msg}"))
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                problems.append(Problem(str(path), line_number, "must be an object with a string", field="prompt"))
-                continue
-            records.append({"id": str(obj.get("id", f"p{line_number}")), "prompt": obj["prompt"]})
-    if not records and not problems:
-        problems.append(Problem(str(path), None, "empty file: no prompts"))
-    if problems:
-        raise InputError(problems[:50])
-    return records
+    """``{"id", "prompt"}`` per line of ``path``; ids default to ``p<line>``."""
+    return [{"id": str(r.get("id", f"p{r['_line']}")), "prompt": r["prompt"]} for r in read_string_records(path, ("prompt",))]
 
 
 def main(argv: list[str]) -> int:

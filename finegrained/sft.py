@@ -9,7 +9,6 @@ safetensors, loadable with ``from_pretrained``), tensorboard logs under ``output
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -19,39 +18,15 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from .config import compose_from_argv, log, save_config
-from .errors import FinegrainedError, InputError, Problem
-from .io import atomic_directory
+from .errors import FinegrainedError
+from .io import atomic_directory, read_string_records
 
 IGNORE_INDEX = -100
 
 
 def read_pairs(path: str | Path) -> list[dict]:
     """Prompt/completion pairs from JSONL; every problem reported as ``FILE:LINE: field: message``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", file=path)
-    pairs, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(str(path), line_number, f"not valid JSON: {e.msg}"))
-                continue
-            if not isinstance(obj, dict):
-                problems.append(Problem(str(path), line_number, "each line must be a JSON object"))
-                continue
-            for key in ("prompt", "completion"):
-                if not isinstance(obj.get(key), str):
-                    problems.append(Problem(str(path), line_number, "must be a string", field=key))
-            pairs.append(obj)
-    if not pairs and not problems:
-        problems.append(Problem(str(path), None, "empty file: no prompt/completion pairs"))
-    if problems:
-        raise InputError(problems[:50])
-    return [{"prompt": p["prompt"], "completion": p["completion"]} for p in pairs]
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_string_records(path, ("prompt", "completion"))]
 
 
 def load_corpus(cfg: DictConfig) -> tuple[list[dict], list[dict]]:

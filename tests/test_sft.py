@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from finegrained import sft
 from finegrained.errors import FinegrainedError, InputError
