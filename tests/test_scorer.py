@@ -31,6 +31,8 @@ def test_hard_and_soft_span_rewards():
     assert c.rewards[2] == [] and c.segments[2] == []
     soft = RewardScorer.from_config(config(zebra=zebra(mode="soft")))
     assert soft(["q"], TEXTS[:1]).categories["zebra"].rewards[0] == [0.5, -0.5, 0.5]
+    penalty = RewardScorer.from_config(config(zebra=zebra(mode="penalty")))
+    assert penalty(["q"], TEXTS[:1]).categories["zebra"].rewards[0] == [0.0, -0.5, 0.0]
 
 
 class FakeSequenceJudge:

@@ -8,6 +8,8 @@ judge is called once per batch (the reward models batch internally, one forward 
 Rewards per category (``weight`` w):
 - span, mode ``hard``: +w for a clean segment, -w for an erroneous one (p_error > 0.5), as in Wu et al.;
 - span, mode ``soft``: w x (1 - 2 p_error);
+- span, mode ``penalty``: 0 for a clean segment, -w for an erroneous one (no reward for merely adding
+  clean segments, so no incentive to lengthen answers);
 - preference: w x (score - mean) / std, with mean and std saved by ``train-rm`` (or given for a rule).
 
 Reward config::
@@ -33,7 +35,7 @@ from ..rl.types import CategoryRewards, RewardBreakdown
 from ..schema import GRANULARITIES, SegmentationConfig
 from ..segment import get_segmenter, sequence_span
 
-MODES = ("hard", "soft")
+MODES = ("hard", "soft", "penalty")
 _ENTRY_KEYS = {"model", "judge", "kind", "granularity", "weight", "mode", "normalisation"}
 
 
@@ -52,6 +54,8 @@ class CategoryScorer:
     def span_rewards(self, p_error: list[float]) -> list[float]:
         if self.mode == "hard":
             return [-self.weight if p > 0.5 else self.weight for p in p_error]
+        if self.mode == "penalty":
+            return [-self.weight if p > 0.5 else 0.0 for p in p_error]
         return [self.weight * (1.0 - 2.0 * p) for p in p_error]
 
     def preference_reward(self, score: float) -> float:
@@ -87,7 +91,7 @@ def _build_category(name: str, entry: Mapping, default_mode: str, segmentation: 
         return None
     mode = entry.get("mode") or default_mode
     if mode not in MODES:
-        raise FinegrainedError(f"{where}.mode: unknown mode {mode!r} (expected hard or soft)")
+        raise FinegrainedError(f"{where}.mode: unknown mode {mode!r} (expected hard, soft or penalty)")
     model, judge_cfg = entry.get("model"), entry.get("judge")
     if bool(model) == bool(judge_cfg):
         raise FinegrainedError(f"{where}: give exactly one of model=<reward model dir> or judge={{_target_: ...}}")
