@@ -38,7 +38,8 @@ def test_smoke_run_leaves_checkpoints_final_and_tensorboard(tmp_path):
     assert (tmp_path / "final" / "model.safetensors").is_file()
     assert (tmp_path / "config.yaml").is_file()
     scalars = read_scalars(tmp_path)
-    for tag in ("reward/total", "kl", "entropy", "policy_loss", "clip_fraction",
+    for tag in ("reward/total", "kl", "entropy", "loss/policy", "loss/value", "clip_fraction",
+                "explained_variance", "response_length", "kl_coef",
                 "rewards/printable/mean", "rewards/no_filler/error_fraction", "oracle/total_error_rate",
                 *[f"time/{p}" for p in ppo.PHASES]):  # fmt: skip
         assert sorted(scalars[tag]) == [1, 2, 3, 4, 5, 6], tag

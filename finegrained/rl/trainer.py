@@ -15,6 +15,7 @@ Launching on several devices (the output directory is resolved before processes 
 
     finegrained ppo experiment=smoke                                             # one process
     torchrun --nproc_per_node 2 -m finegrained.cli ppo experiment=smoke accelerate.cpu=true   # 2 CPU procs (gloo)
+    accelerate launch --config_file conf/accelerate/cpu_2proc.yaml -m finegrained.cli ppo experiment=smoke accelerate.cpu=true
     accelerate launch --config_file conf/accelerate/ddp.yaml -m finegrained.cli ppo ...       # multi-GPU DDP
     accelerate launch --config_file conf/accelerate/fsdp.yaml -m finegrained.cli ppo ...      # FSDP
     accelerate launch --config_file conf/accelerate/deepspeed_zero2.yaml -m finegrained.cli ppo ...  # ZeRO-2
@@ -266,7 +267,11 @@ class PPOTrainer:
                                        ("approx_kl", approx_kl), ("clip_fraction", clip_frac), ("value_clip_fraction", v_clip)):  # fmt: skip
                         sums[key] += float(value.detach())
                     n_minibatches += 1
-        return {k: v / max(n_minibatches, 1) for k, v in sums.items()}
+        stats = {k: v / max(n_minibatches, 1) for k, v in sums.items()}
+        # tensorboard groups the two losses under one "loss/" section
+        stats["loss/policy"] = stats.pop("policy_loss")
+        stats["loss/value"] = stats.pop("value_loss")
+        return stats
 
     def run_iteration(self) -> dict:
         """One PPO iteration (steps 1-7); returns its statistics, ``time/<phase>`` included."""
