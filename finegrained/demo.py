@@ -262,6 +262,8 @@ def run_demo(cfg: DictConfig) -> dict:
     print(format_table(policies))
     print()
     print(results["verdict"])
+    if cfg.get("note"):
+        print(cfg.note)
     log(f"[demo] wrote {out / 'results.json'} and {', '.join(p.name for p in plots)} in {results['seconds']:.0f} s")
     return results
 
