@@ -16,7 +16,6 @@ Measures, in texts per second (best of ``--repeats`` runs after a warm-up):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random

@@ -26,7 +26,6 @@ class ValueHead(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.dropout = nn.Identity()
         self.summary = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.summary.bias)
         nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1))
