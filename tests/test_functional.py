@@ -79,6 +79,8 @@ def test_logprobs_entropy_and_kl_estimators():
             p = [v / sum(z) for v in z]
             assert math.isclose(lp[b, t].item(), math.log(p[ids[b, t]]), rel_tol=1e-5)
             assert math.isclose(ent[b, t].item(), -sum(q * math.log(q) for q in p), rel_tol=1e-5)
+    both_lp, both_ent = F.logprobs_and_entropy(logits, ids)
+    assert torch.allclose(both_lp, lp) and torch.allclose(both_ent, ent)
     ref = lp + torch.randn(lp.shape, generator=g)
     k1, k3 = F.kl_penalty(lp, ref, "k1"), F.kl_penalty(lp, ref, "k3")
     for b in range(2):

@@ -54,6 +54,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both of the above from one log-softmax: ``logits`` (B, T, V), ``ids`` (B, T) -> (B, T), (B, T).
+    Both keep their gradient (the update's entropy bonus needs it)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    token_logp = torch.gather(logp, 2, ids.unsqueeze(-1)).squeeze(-1)  # (B, T, 1) -> (B, T)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return token_logp, entropy
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled tokens, (B, T) each -> (B, T).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..generation import encode_prompts
-from .functional import entropy_from_logits, logprobs_from_logits
+from .functional import logprobs_and_entropy
 
 
 @torch.no_grad()
@@ -53,10 +53,15 @@ def joint_inputs(query_ids, query_mask, response_ids, response_mask):
 def policy_forward(policy, ids, mask, position_ids, prompt_length: int, response_ids, output_hidden_states: bool = False):
     """Log-probs (B, T) and entropies (B, T) of the response tokens; optionally the last hidden states
     (B, T, H) at the positions that predict them. Logits at position i predict token i + 1, so response
-    token t is predicted at ``prompt_length - 1 + t``."""
-    out = policy(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids, output_hidden_states=output_hidden_states)
-    logits = out.logits[:, prompt_length - 1 : -1]  # (B, T, V)
-    logprobs = logprobs_from_logits(logits, response_ids)
-    entropy = entropy_from_logits(logits.detach())
+    token t is predicted at ``prompt_length - 1 + t``: only those T logits rows are computed when the
+    model accepts ``logits_to_keep`` (the LM head over the prompt would be wasted work)."""
+    T = response_ids.shape[1]
+    inputs = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": position_ids, "output_hidden_states": output_hidden_states}
+    try:
+        out = policy(**inputs, logits_to_keep=T + 1)
+    except TypeError:  # a model without logits_to_keep computes every position's logits
+        out = policy(**inputs)
+    logits = out.logits[:, -(T + 1) : -1]  # (B, T, V)
+    logprobs, entropy = logprobs_and_entropy(logits, response_ids)
     hidden = out.hidden_states[-1][:, prompt_length - 1 : -1] if output_hidden_states else None
     return logprobs, entropy, hidden
