@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from omegaconf import OmegaConf
 
 from finegrained.errors import FinegrainedError
 from finegrained.rewards import rule_based
@@ -99,3 +102,134 @@ def test_config_errors_name_the_category(entry, message):
 def test_zero_weight_categories_are_skipped():
     scorer = RewardScorer.from_config(config(zebra=zebra(), off={"weight": 0}))
     assert scorer.names == ["zebra"]
+
+
+class FakeModelJudge:
+    """Mimics ``finegrained.rewards.inference.RewardModelJudge``: metadata attributes plus a batched call."""
+
+    def __init__(self, kind="span", granularity="sentence", normalisation=None, segmentation=None):
+        from finegrained.schema import SegmentationConfig
+
+        self.category, self.kind, self.granularity = "fake", kind, granularity
+        self.normalisation = normalisation
+        self.segmentation = segmentation or SegmentationConfig(**SEG)
+        self.calls = []
+
+    def __call__(self, prompts, completions, segments=None):
+        self.calls.append(len(completions))
+        if self.kind == "span":
+            # p_error grows with the segment's length, so soft rewards differ per segment.
+            return [[min(1.0, (e - s) / 40) for s, e in segs] for segs in segments]
+        return [float(len(c.split())) for c in completions]
+
+
+@pytest.fixture
+def fake_models(tmp_path, monkeypatch):
+    """Reward-model directories whose ``load_judge`` returns fake judges (by directory name)."""
+    from finegrained.rewards import inference
+
+    judges = {
+        "span": FakeModelJudge(),
+        "sub": FakeModelJudge(granularity="sub_sentence"),
+        "pref": FakeModelJudge("preference", "sequence", normalisation={"mean": 4.0, "std": 2.0}),
+    }
+    for name in judges:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "finegrained.json").write_text("{}")
+    monkeypatch.setattr(inference, "load_judge", lambda model_dir, device=None: judges[Path(model_dir).name])
+    return tmp_path, judges
+
+
+def test_model_judges_are_called_once_per_batch_with_their_own_segmentation(fake_models):
+    root, judges = fake_models
+    cfg = {"span_mode": "soft", "categories": {
+        "span": {"model": str(root / "span"), "weight": 1.0},
+        "sub": {"model": str(root / "sub"), "weight": 0.5, "mode": "hard"},
+        "pref": {"model": str(root / "pref"), "weight": 0.3},
+        "zebra": zebra(),
+    }}  # fmt: skip
+    scorer = RewardScorer.from_config(cfg)
+    assert scorer.names == ["span", "sub", "pref", "zebra"]  # config order
+    b = scorer(["q"] * 3, TEXTS)
+    assert b.names == ["span", "sub", "pref", "zebra"]
+    assert [j.calls for j in judges.values()] == [[3], [3], [3]]
+    span = b.categories["span"]
+    assert span.segments[0] == [(0, 15), (16, 35), (36, 53)]
+    assert span.p_error[0] == pytest.approx([15 / 40, 19 / 40, 17 / 40])
+    assert span.rewards[0] == pytest.approx([1 - 2 * p for p in span.p_error[0]])  # soft from span_mode
+    sub = b.categories["sub"]
+    assert sub.segments[1] == [(0, 17), (18, 39)] and sub.rewards[1] == [0.5, -0.5]  # its own mode wins
+    pref = b.categories["pref"]
+    assert pref.raw_scores == [12.0, 9.0, 0.0]
+    assert pref.rewards == [[pytest.approx(0.3 * (s - 4.0) / 2.0)] for s in (12.0, 9.0, 0.0)]
+    assert pref.p_error is None and pref.segments[0] == [(0, 53)]
+    assert set(scorer.last_timings) == {"segment", "score"} and all(t >= 0 for t in scorer.last_timings.values())
+
+
+def test_model_entries_null_or_weight_zero_are_skipped_and_unset_is_an_error(fake_models):
+    root, _ = fake_models
+    scorer = RewardScorer.from_config({"categories": {"span": {"model": str(root / "span")},
+                                                      "off": {"model": None, "weight": 0.3},
+                                                      "empty": {"model": ""}, "zero": {"model": "???", "weight": 0}}})  # fmt: skip
+    assert scorer.names == ["span"] and scorer.skipped == ["off", "empty", "zero"]
+    with pytest.raises(FinegrainedError, match=r"reward.categories.rel.model: not set"):
+        RewardScorer.from_config(OmegaConf.create({"categories": {"rel": {"model": "???", "weight": 0.3}}}))
+    with pytest.raises(FinegrainedError, match="no active category"):
+        RewardScorer.from_config({"categories": {"off": {"model": None}}})
+    with pytest.raises(FinegrainedError, match=r"reward.categories.span.granularity: 'sub_sentence' but"):
+        RewardScorer.from_config({"categories": {"span": {"model": str(root / "span"), "granularity": "sub_sentence"}}})
+
+
+def test_wrong_judgement_counts_are_reported(monkeypatch):
+    monkeypatch.setattr(rule_based, "repetition", lambda: (lambda p, c, segs: [[0.0] for _ in segs]))
+    scorer = RewardScorer.from_config(config(rep={"kind": "span", "granularity": "sentence",
+                                                  "judge": {"_target_": "finegrained.rewards.rule_based.repetition"}}))  # fmt: skip
+    with pytest.raises(FinegrainedError, match="rep.*3 segments of sample 0"):
+        scorer(["q"] * 2, TEXTS[:2])
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"span_mode": "medium", "categories": {"z": zebra()}}, "reward.span_mode"),
+        ({"segmentation": {"colour": 1}, "categories": {"z": zebra()}}, "reward.segmentation"),
+        ({"categories": {"z": zebra(weight="heavy")}}, "reward.categories.z.weight"),
+        ({"categories": {"z": 0.3}}, "reward.categories.z: expected a mapping"),
+        ({"categories": {"z": zebra(judge={"words": ["x"]})}}, "reward.categories.z.judge"),
+        ({"categories": {"z": zebra(judge={"_target_": "finegrained.rewards.rule_based.nope"})}}, "reward.categories.z.judge"),
+        ({"categories": {"z": zebra(granularity="sequence")}}, "reward.categories.z.granularity"),
+    ],
+)
+def test_more_config_errors(cfg, message):
+    with pytest.raises(FinegrainedError, match=message):
+        RewardScorer.from_config(cfg)
+
+
+def test_real_untrained_reward_models(tmp_path):
+    """Directories written by init_reward_model_dir load through the scorer; batch equals items alone."""
+    train_rm = pytest.importorskip("finegrained.rewards.train")
+    if not hasattr(train_rm, "init_reward_model_dir"):
+        pytest.skip("finegrained.rewards.train has no init_reward_model_dir")
+    from finegrained.models.tiny import train_tokenizer
+    from finegrained.schema import Category, SegmentationConfig
+
+    tokenizer = train_tokenizer(TEXTS[:2] * 20 + ["Cats run, dogs sleep, birds fly away now."] * 20, vocab_size=300,
+                                extra_special_tokens=["<seg>"])  # fmt: skip
+    seg = SegmentationConfig(**SEG)
+    span_dir = train_rm.init_reward_model_dir(Category("relevance", "sub_sentence", "span", uses_context=False),
+                                              tmp_path / "rel", tokenizer, n_layer=1, hidden=32, segmentation=seg)  # fmt: skip
+    pref_dir = train_rm.init_reward_model_dir(Category("completeness", "sequence", "preference"), tmp_path / "comp",
+                                              tokenizer, n_layer=1, hidden=32, normalisation={"mean": 0.1, "std": 0.5})  # fmt: skip
+    scorer = RewardScorer.from_config(
+        {"span_mode": "soft", "categories": {"relevance": {"model": str(span_dir), "weight": 0.3},
+                                             "completeness": {"model": str(pref_dir), "weight": 0.3}}}, device="cpu")  # fmt: skip
+    batch = scorer(["q1", "q2", "q3"], TEXTS)
+    rel, comp = batch.categories["relevance"], batch.categories["completeness"]
+    assert len(rel.p_error[0]) == len(rel.segments[0]) >= 3 and rel.p_error[2] == []
+    assert all(0.0 <= p <= 1.0 for row in rel.p_error for p in row)
+    assert rel.rewards[0] == pytest.approx([0.3 * (1 - 2 * p) for p in rel.p_error[0]])
+    assert comp.rewards[0] == [pytest.approx(0.3 * (comp.raw_scores[0] - 0.1) / 0.5)]
+    for i, text in enumerate(TEXTS):
+        alone = scorer([f"q{i + 1}"], [text])
+        assert alone.categories["relevance"].p_error[0] == pytest.approx(rel.p_error[i], abs=1e-5)
+        assert alone.categories["completeness"].raw_scores[0] == pytest.approx(comp.raw_scores[i], abs=1e-5)

@@ -7,7 +7,10 @@ named by ``_target_`` in a reward config:
 - sequence judges ``(prompts, completions) -> one score per completion`` (higher is better).
 
 They make PPO runnable with no files at all (``experiment=smoke``) and let tests plant a reward whose
-optimum is known.
+optimum is known. Every judge is pure Python (regular expressions compiled once per factory call), with
+no model and no per-call setup, so it costs microseconds per segment.
+
+``nan_after`` and ``always_nan`` are test helpers (they exercise the learner's NaN guard), not rewards.
 """
 
 from __future__ import annotations
@@ -18,14 +21,25 @@ from collections.abc import Sequence
 Span = tuple[int, int]
 
 
-def contains_words(words: Sequence[str], case_sensitive: bool = False):
-    """Span judge: a segment is an error when it contains any of ``words`` as a whole word."""
+def _word_pattern(words: Sequence[str], case_sensitive: bool) -> re.Pattern:
+    """One regex matching any of ``words`` as a whole word (not inside a longer word)."""
+    if isinstance(words, str):
+        words = [words]
+    words = [w for w in words if w]
     if not words:
-        raise ValueError("contains_words needs at least one word")
-    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", 0 if case_sensitive else re.IGNORECASE)
+        raise ValueError("needs at least one non-empty word")
+    # Lookarounds instead of \b so that words starting or ending with punctuation ("C++") work too.
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", 0 if case_sensitive else re.IGNORECASE)
+
+
+def contains_words(words: Sequence[str], case_sensitive: bool = False):
+    """Span judge: a segment is an error (p_error 1.0) when it contains any of ``words`` as a whole word
+    (case-insensitive unless ``case_sensitive``); otherwise 0.0. Only the segment's own text is read."""
+    pattern = _word_pattern(words, case_sensitive)
 
     def judge(prompts: Sequence[str], completions: Sequence[str], segments: Sequence[Sequence[Span]]) -> list[list[float]]:
-        return [[1.0 if pattern.search(text, s, e) else 0.0 for s, e in segs] for text, segs in zip(completions, segments)]
+        return [[1.0 if pattern.search(text[s:e]) else 0.0 for s, e in segs] for text, segs in zip(completions, segments)]
 
     return judge
 
@@ -79,8 +93,13 @@ def target_length(target_words: int):
 
 
 def keyword_bonus(words: Sequence[str]):
-    """Sequence judge: the number of distinct ``words`` the completion contains (case-insensitive)."""
-    wanted = [re.compile(r"\b" + re.escape(w) + r"\b", re.IGNORECASE) for w in words]
+    """Sequence judge: the number of distinct ``words`` the completion contains as whole words
+    (case-insensitive)."""
+    if isinstance(words, str):
+        words = [words]
+    wanted = [_word_pattern([w], case_sensitive=False) for w in dict.fromkeys(words) if w]
+    if not wanted:
+        raise ValueError("keyword_bonus needs at least one non-empty word")
 
     def judge(prompts, completions) -> list[float]:
         return [float(sum(bool(p.search(c)) for p in wanted)) for c in completions]
@@ -89,12 +108,21 @@ def keyword_bonus(words: Sequence[str]):
 
 
 def nan_after(calls: int = 0):
-    """Sequence judge that returns 0.0 for its first ``calls`` calls and NaN afterwards: a test helper
-    for the learner's NaN guard."""
+    """Test helper, not a reward: a sequence judge that returns 0.0 for its first ``calls`` calls and NaN
+    afterwards (the learner must stop with the iteration and phase, keeping its checkpoints)."""
     seen = {"calls": 0}
 
     def judge(prompts, completions) -> list[float]:
         seen["calls"] += 1
         return [0.0 if seen["calls"] <= calls else float("nan")] * len(completions)
+
+    return judge
+
+
+def always_nan():
+    """Test helper, not a reward: a sequence judge that always returns NaN."""
+
+    def judge(prompts, completions) -> list[float]:
+        return [float("nan")] * len(completions)
 
     return judge

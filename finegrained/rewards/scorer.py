@@ -15,15 +15,28 @@ Rewards per category (``weight`` w):
 Reward config::
 
     segmentation: {sentence: sentencizer, split_after: ",;:!?", min_words: 5}   # for rule judges
-    span_mode: hard
+    span_mode: hard                  # default mode of span categories (a category's own ``mode`` wins)
     categories:
       relevance:    {model: outputs/rm/relevance, weight: 0.3}
       no_zebra:     {kind: span, granularity: sentence, weight: 1.0,
                      judge: {_target_: finegrained.rewards.rule_based.contains_words, words: [zebra]}}
+      short:        {kind: preference, granularity: sequence, weight: 0.5, normalisation: {mean: 0, std: 1},
+                     judge: {_target_: finegrained.rewards.rule_based.target_length, target_words: 40}}
+
+A category whose ``model`` is explicitly null/empty, or whose ``weight`` is 0, is skipped (listed in
+``RewardScorer.skipped``), so a reward config can list categories that an override fills in or switches
+off; ``model: ???`` (Hydra's "must be set") is an error naming the key to set. Model categories take
+kind, granularity, segmentation and normalisation from the model's ``finegrained.json``; ``kind`` or
+``granularity`` given next to ``model`` must agree with it.
+
+Preference categories: ``CategoryRewards.segments`` holds the stripped sequence span, or ``(0, 0)`` for a
+blank completion, so every completion keeps exactly one reward (``place_rewards`` puts sequence rewards on
+EOS whatever the span says).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,12 +48,17 @@ from ..rl.types import CategoryRewards, RewardBreakdown
 from ..schema import GRANULARITIES, SegmentationConfig
 from ..segment import get_segmenter, sequence_span
 
+log = logging.getLogger(__name__)
+
 MODES = ("hard", "soft", "penalty")
+_MISSING = "???"  # OmegaConf's marker for a mandatory value left unset
 _ENTRY_KEYS = {"model", "judge", "kind", "granularity", "weight", "mode", "normalisation"}
 
 
 @dataclass
 class CategoryScorer:
+    """One active category: its judge and how its judgements become rewards."""
+
     name: str
     kind: str  # span | preference
     granularity: str
@@ -52,6 +70,7 @@ class CategoryScorer:
     std: float = 1.0
 
     def span_rewards(self, p_error: list[float]) -> list[float]:
+        """Per-segment rewards of one completion from its per-segment error probabilities."""
         if self.mode == "hard":
             return [-self.weight if p > 0.5 else self.weight for p in p_error]
         if self.mode == "penalty":
@@ -59,6 +78,7 @@ class CategoryScorer:
         return [self.weight * (1.0 - 2.0 * p) for p in p_error]
 
     def preference_reward(self, score: float) -> float:
+        """The normalised, weighted reward of one raw preference score."""
         return self.weight * (score - self.mean) / self.std
 
 
@@ -74,6 +94,9 @@ def _plain(cfg) -> dict:
 
 
 def parse_segmentation(raw: Mapping | None) -> SegmentationConfig:
+    """The ``segmentation`` block of a reward config (used by rule judges) as a ``SegmentationConfig``."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise FinegrainedError(f"reward.segmentation: expected a mapping, got {raw!r}")
     raw = dict(raw or {})
     unknown = set(raw) - {"sentence", "split_after", "min_words", "language"}
     if unknown:
@@ -81,72 +104,166 @@ def parse_segmentation(raw: Mapping | None) -> SegmentationConfig:
     return SegmentationConfig(**raw)
 
 
-def _build_category(name: str, entry: Mapping, default_mode: str, segmentation: SegmentationConfig, device) -> CategoryScorer | None:
+def _number(where: str, value, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise FinegrainedError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FinegrainedError(f"{where}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise FinegrainedError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _normalisation(where: str, raw) -> tuple[float, float]:
+    if raw is None:
+        return 0.0, 1.0
+    if not isinstance(raw, Mapping):
+        raise FinegrainedError(f"{where}: expected {{mean: <number>, std: <number>}}, got {raw!r}")
+    unknown = set(raw) - {"mean", "std"}
+    if unknown:
+        raise FinegrainedError(f"{where}: unknown key(s) {sorted(unknown)} (expected mean, std)")
+    mean = _number(f"{where}.mean", raw.get("mean"), 0.0)
+    std = _number(f"{where}.std", raw.get("std"), 1.0)
+    if not std > 0:
+        raise FinegrainedError(f"{where}: normalisation std must be positive, got {std}")
+    return mean, std
+
+
+def _build_category(name: str, entry, default_mode: str, segmentation: SegmentationConfig, device) -> CategoryScorer | None:
+    """The scorer of one config entry, or None when the entry is switched off (weight 0 / model null)."""
     where = f"reward.categories.{name}"
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, Mapping):
+        raise FinegrainedError(f"{where}: expected a mapping such as {{model: <dir>, weight: 1.0}}, got {entry!r}")
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
         raise FinegrainedError(f"{where}: unknown key(s) {sorted(unknown)} (expected {', '.join(sorted(_ENTRY_KEYS))})")
-    weight = float(entry.get("weight", 1.0))
+    weight = _number(f"{where}.weight", entry.get("weight"), 1.0)
     if weight == 0.0:
         return None
+    model, judge_cfg = entry.get("model"), entry.get("judge")
+    if model == _MISSING:
+        raise FinegrainedError(
+            f"{where}.model: not set; give {where}.model=<reward model dir> "
+            f"(or {where}.model=null or {where}.weight=0 to leave the category out)"
+        )
+    if "model" in entry and not model and not judge_cfg:
+        return None  # explicitly emptied by an override: the category is switched off
     mode = entry.get("mode") or default_mode
     if mode not in MODES:
         raise FinegrainedError(f"{where}.mode: unknown mode {mode!r} (expected hard, soft or penalty)")
-    model, judge_cfg = entry.get("model"), entry.get("judge")
     if bool(model) == bool(judge_cfg):
         raise FinegrainedError(f"{where}: give exactly one of model=<reward model dir> or judge={{_target_: ...}}")
     if model:
-        if not (Path(model) / "finegrained.json").is_file():
-            raise FinegrainedError(f"{where}.model: {model} is not a reward-model directory (no finegrained.json)")
+        if not (Path(str(model)) / "finegrained.json").is_file():
+            raise FinegrainedError(
+                f"{where}.model: {model} is not a reward-model directory (no finegrained.json); "
+                "train one with 'finegrained train-rm'"
+            )
         from .inference import load_judge
 
-        judge = load_judge(model, device=device)
-        norm = judge.normalisation or {"mean": 0.0, "std": 1.0}
+        judge = load_judge(str(model), device=device)
         kind, granularity, seg = judge.kind, judge.granularity, judge.segmentation
+        for key, actual in (("kind", kind), ("granularity", granularity)):
+            given = entry.get(key)
+            if given is not None and given != actual:
+                raise FinegrainedError(f"{where}.{key}: {given!r} but the reward model {model} is {actual!r}")
+        if kind == "preference":
+            if entry.get("normalisation") is not None:
+                norm = entry.get("normalisation")  # an explicit override of the saved statistics
+            else:
+                norm = judge.normalisation
+                if norm is None:
+                    log.warning("%s: the reward model %s has no saved normalisation; using mean 0, std 1", where, model)
+        else:
+            norm = None
     else:
-        from hydra.errors import InstantiationException
-        from hydra.utils import instantiate
-
         kind, granularity = entry.get("kind"), entry.get("granularity")
         if kind not in ("span", "preference"):
-            raise FinegrainedError(f"{where}.kind: a rule judge needs kind: span or preference")
-        if granularity not in GRANULARITIES or (kind == "preference" and granularity != "sequence"):
-            raise FinegrainedError(f"{where}.granularity: expected one of {', '.join(GRANULARITIES)} (sequence for preference)")
-        try:
-            judge = instantiate(judge_cfg)
-        except InstantiationException as e:
-            raise FinegrainedError(f"{where}.judge: cannot build the judge: {e}") from None
-        norm = entry.get("normalisation") or {"mean": 0.0, "std": 1.0}
+            raise FinegrainedError(f"{where}.kind: a rule judge needs kind: span or preference, got {kind!r}")
+        if granularity not in GRANULARITIES or (kind == "preference") != (granularity == "sequence"):
+            raise FinegrainedError(
+                f"{where}.granularity: got {granularity!r}; expected sequence for a preference category, "
+                f"sub_sentence or sentence for a span category"
+            )
+        if not isinstance(judge_cfg, Mapping) or "_target_" not in judge_cfg:
+            raise FinegrainedError(f"{where}.judge: expected {{_target_: <module.factory>, ...arguments}}, got {judge_cfg!r}")
+        judge = _instantiate_judge(where, judge_cfg)
+        norm = entry.get("normalisation")
         seg = segmentation
-    std = float(norm.get("std", 1.0))
-    if not std > 0:
-        raise FinegrainedError(f"{where}: normalisation std must be positive, got {std}")
-    return CategoryScorer(name, kind, granularity, weight, mode, judge, seg, float(norm.get("mean", 0.0)), std)
+    mean, std = _normalisation(f"{where}.normalisation", norm)
+    return CategoryScorer(name, kind, granularity, weight, mode, judge, seg, mean, std)
+
+
+def _instantiate_judge(where: str, judge_cfg: Mapping) -> Callable:
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        judge = instantiate(dict(judge_cfg), _convert_="all")
+    except InstantiationException as e:
+        raise FinegrainedError(f"{where}.judge: cannot build the judge {judge_cfg.get('_target_')!r}: {e}") from None
+    if not callable(judge):
+        raise FinegrainedError(f"{where}.judge: {judge_cfg.get('_target_')!r} did not return a callable judge")
+    return judge
 
 
 class RewardScorer:
-    def __init__(self, categories: Sequence[CategoryScorer]):
+    """Every category's judge; ``scorer(prompts, completions) -> RewardBreakdown`` (categories in config order).
+
+    Attributes:
+        categories: the active categories, in config order.
+        skipped: names of the categories switched off in the config (weight 0 or model null).
+        last_timings: seconds spent by the last call, ``{"segment": ..., "score": ...}``.
+    """
+
+    def __init__(self, categories: Sequence[CategoryScorer], skipped: Sequence[str] = ()):
         if not categories:
-            raise FinegrainedError("reward config has no active category (all weights 0 or none listed)")
+            raise FinegrainedError("reward config has no active category (all weights 0, models null, or none listed)")
         self.categories = list(categories)
+        self.skipped = list(skipped)
         self.last_timings = {"segment": 0.0, "score": 0.0}
 
     @classmethod
     def from_config(cls, reward_cfg, device=None) -> RewardScorer:
+        """Build every active category's judge from a reward config (DictConfig or dict); see the module doc."""
+        if reward_cfg is None:
+            raise FinegrainedError("no reward config given (reward=<rule_based|fine_grained|holistic|...>)")
         cfg = _plain(reward_cfg)
         segmentation = parse_segmentation(cfg.get("segmentation"))
-        default_mode = cfg.get("span_mode", "hard")
+        default_mode = cfg.get("span_mode") or "hard"
+        if default_mode not in MODES:
+            raise FinegrainedError(f"reward.span_mode: unknown mode {default_mode!r} (expected hard, soft or penalty)")
         entries = cfg.get("categories") or {}
         if not isinstance(entries, Mapping):
             raise FinegrainedError("reward.categories must be a mapping of category name -> settings")
-        built = [_build_category(n, e or {}, default_mode, segmentation, device) for n, e in entries.items()]
-        return cls([c for c in built if c is not None])
+        active, skipped = [], []
+        for name, entry in entries.items():
+            built = _build_category(str(name), entry, default_mode, segmentation, device)
+            if built is None:
+                skipped.append(str(name))
+            else:
+                active.append(built)
+        if skipped:
+            log.info("reward categories switched off (weight 0 or model null): %s", ", ".join(skipped))
+        return cls(active, skipped)
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.categories]
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> RewardBreakdown:
+        """Judge a batch of B completions with every active category.
+
+        Each completion is segmented once per distinct (segmentation, granularity) and each judge is
+        called exactly once for the whole batch. Returns a ``RewardBreakdown`` whose categories follow
+        the config order (the K axis of the placed (B, T, K) rewards); ``last_timings`` is updated.
+        """
         prompts, completions = list(prompts), list(completions)
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
@@ -156,16 +273,17 @@ class RewardScorer:
         result = RewardBreakdown()
         for c in self.categories:
             if c.kind == "span":
-                segs = segments[(c.segmentation, c.granularity)]
-                p_error = [list(map(float, p)) for p in c.judge(prompts, completions, segs)]
-                if [len(p) for p in p_error] != [len(s) for s in segs]:
-                    raise RuntimeError(f"judge of {c.name!r} returned a wrong number of judgements")
+                segs = [list(s) for s in segments[(c.segmentation, c.granularity)]]
+                p_error = [[float(p) for p in row] for row in c.judge(prompts, completions, segs)]
+                _check_judgement_shape(c.name, [len(p) for p in p_error], [len(s) for s in segs])
                 rewards = [c.span_rewards(p) for p in p_error]
                 result.categories[c.name] = CategoryRewards(c.name, c.granularity, "span", segs, rewards, p_error=p_error)
             else:
                 scores = [float(s) for s in c.judge(prompts, completions)]
                 if len(scores) != len(completions):
-                    raise RuntimeError(f"judge of {c.name!r} returned {len(scores)} scores for {len(completions)} completions")
+                    raise FinegrainedError(
+                        f"reward category {c.name!r}: its judge returned {len(scores)} scores for {len(completions)} completions"
+                    )
                 # One reward per completion; a blank completion still gets one, on the span (0, 0).
                 segs = [sequence_span(t) or [(0, 0)] for t in completions]
                 rewards = [[c.preference_reward(s)] for s in scores]
@@ -183,6 +301,15 @@ class RewardScorer:
             many = get_segmenter(seg_cfg).segment_many(completions, sorted(granularities))
             out.update({(seg_cfg, g): many[g] for g in granularities})
         return out
+
+
+def _check_judgement_shape(name: str, got: list[int], expected: list[int]) -> None:
+    """A span judge must return one judgement per segment for every completion."""
+    if len(got) != len(expected):
+        raise FinegrainedError(f"reward category {name!r}: its judge returned {len(got)} rows for {len(expected)} completions")
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g != e:
+            raise FinegrainedError(f"reward category {name!r}: its judge returned {g} judgements for the {e} segments of sample {i}")
 
 
 def has_non_finite(breakdown: RewardBreakdown) -> str | None:
