@@ -160,3 +160,25 @@ def test_kl_controllers():
     other = F.AdaptiveKLController(0.5, target=1.0, horizon=100)
     other.load_state_dict(state)
     assert other.value == adaptive.value
+
+
+def test_policy_loss_gradient_at_ratio_one_is_minus_advantage_over_token_count():
+    """Hand-worked: with new == old every ratio is 1 (inside the clip range), so d loss / d logp = -A / N."""
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -9.0, -9.0]])
+    new = old.clone().requires_grad_(True)
+    adv = torch.tensor([[1.0, -2.0, 7.0], [4.0, 7.0, 7.0]])
+    loss, clip_fraction, approx_kl = F.policy_loss(new, old, adv, mask, 0.2)
+    loss.backward()
+    assert math.isclose(loss.item(), -(1.0 - 2.0 + 4.0) / 3, rel_tol=1e-6)
+    assert torch.allclose(new.grad, -adv * mask / 3)
+    assert clip_fraction.item() == 0 and approx_kl.item() == 0
+
+
+def test_empty_mask_gives_zero_not_nan():
+    x = torch.randn(2, 3)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    assert F.masked_mean(x, mask).item() == 0
+    assert torch.equal(F.masked_mean(x, mask, dim=1), torch.zeros(2))
+    adv, ret = F.gae(x, x, mask, 0.99, 0.95)
+    assert torch.equal(adv, torch.zeros(2, 3)) and torch.equal(ret, torch.zeros(2, 3))

@@ -4,6 +4,7 @@ tokenizers, including non-canonical id sequences and multi-byte characters split
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finegrained.models.tiny import train_tokenizer
-from finegrained.rewards.placement import decode_with_offsets, place_rewards
+from finegrained.rewards.placement import DecodedResponse, decode_with_offsets, place_rewards
 from finegrained.rl.types import CategoryRewards, RewardBreakdown
 
 CORPUS = ["Bora is a town, and it has 3 bridges.", "Ünïcode wörds: café, naïve, 日本語のテキスト 😀👍🏽 e\u0301"] * 30
@@ -220,3 +221,101 @@ def test_each_word_reward_lands_on_the_token_completing_its_last_character(make,
     expected[0, len(ids) - 1, 1] = 2.5  # on EOS
     assert torch.equal(placed, expected)
     assert placed[..., 0].sum().item() == pytest.approx(sum(values))
+
+
+@pytest.mark.parametrize(
+    "make", [byte_level, sentencepiece_style, sentencepiece_byte_fallback], ids=["byte_level", "sentencepiece", "byte_fallback"]
+)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_random_id_batches_match_prefix_decoding(make, data):
+    """Arbitrary sampled ids, batched: lone continuation bytes (invalid UTF-8), half characters at the end,
+    EOS in the middle, padding after it; rows of whole-character tokens share the batch route with them."""
+    tok = make()
+    vocab = len(tok)
+    rows = data.draw(st.lists(st.lists(st.integers(0, vocab - 1), max_size=12), min_size=1, max_size=6))
+    ids = [[i for i in row if i != tok.pad_token_id] for row in rows]
+    ids.append(tok("the café 日本 😀", add_special_tokens=False).input_ids + [tok.eos_token_id, tok.pad_token_id])
+    decoded = decode_with_offsets(tok, ids)
+    for row, d in zip(ids, decoded):
+        kept = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
+        assert d.text == tok.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        expected = reference_ends(tok, kept, d.text)
+        expected += [expected[-1] if expected else 0] * (len(row) - len(kept))
+        assert d.token_ends == expected
+
+
+def test_decode_accepts_a_padded_id_tensor():
+    tok = byte_level()
+    rows = [tok("Bora is", add_special_tokens=False).input_ids + [tok.eos_token_id], tok("日本", add_special_tokens=False).input_ids]
+    T = max(map(len, rows)) + 1
+    tensor = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])
+    from_tensor = decode_with_offsets(tok, tensor)
+    assert [d.text for d in from_tensor] == ["Bora is", "日本"]
+    assert all(len(d.token_ends) == T for d in from_tensor)
+    assert from_tensor[0].token_ends == decode_with_offsets(tok, [tensor[0].tolist()])[0].token_ends
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_place_rewards_on_a_padded_batch_matches_a_plain_loop(data):
+    """Several rows of different lengths (one empty), segments of two span categories and a sequence one,
+    some segments sharing a token or ending past the text: against a per-segment Python loop."""
+    B = data.draw(st.integers(1, 5))
+    lengths = data.draw(st.lists(st.integers(0, 8), min_size=B, max_size=B))
+    T = max(lengths) + data.draw(st.integers(0, 2))
+    if T == 0:
+        T = 1
+    decoded, spans_a, spans_b, seq = [], [], [], []
+    for n in lengths:
+        steps = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))  # chars each token completes
+        ends = list(itertools.accumulate(steps))
+        text_len = ends[-1] if ends else 0
+        decoded.append(DecodedResponse("x" * text_len, ends))
+        seg_ends = sorted(data.draw(st.lists(st.integers(1, text_len + 2), max_size=4))) if n else []
+        spans_a.append([(0, e) for e in seg_ends])
+        spans_b.append([(0, e) for e in seg_ends[::-1]])
+        seq.append([(0, text_len)] if n else [])
+    values = lambda spans, scale: [[scale * (j + 1) for j in range(len(s))] for s in spans]  # noqa: E731
+    categories = {
+        "a": CategoryRewards("a", "sub_sentence", "span", spans_a, values(spans_a, 1.0)),
+        "whole": CategoryRewards("whole", "sequence", "preference", seq, [[0.5] * len(s) for s in seq]),
+        "b": CategoryRewards("b", "sentence", "span", spans_b, values(spans_b, -0.25)),
+    }
+    mask = torch.tensor([[t < n for t in range(T)] for n in lengths]).reshape(B, T)
+    placed = place_rewards(RewardBreakdown(categories), decoded, mask)
+    expected = torch.zeros(B, T, 3)
+    for k, category in enumerate(categories.values()):
+        for b, n in enumerate(lengths):
+            if n == 0:
+                continue
+            for (_, end), value in zip(category.segments[b], category.rewards[b]):
+                if category.granularity == "sequence":
+                    position = n - 1
+                else:
+                    position = next((t for t in range(n) if decoded[b].token_ends[t] >= end), n - 1)
+                expected[b, position, k] += value
+    assert torch.allclose(placed, expected)
+    assert placed.dtype == torch.float32 and placed.shape == (B, T, 3)
+    assert placed[~mask].abs().sum() == 0
+
+
+def test_invalid_utf8_replacement_characters_land_where_prefixes_show_them():
+    """Sampled byte tokens need not form UTF-8. Each U+FFFD in the text belongs to the token holding the
+    first byte it replaces (a decoded prefix already shows it there); a valid character to its last byte."""
+    from finegrained.rewards.placement import _byte_decoder
+
+    tok = byte_level()
+    to_char = {b: c for c, b in _byte_decoder().items()}
+    byte_ids = lambda data: [tok.convert_tokens_to_ids(to_char[b]) for b in data]  # noqa: E731
+    cases = [
+        (b"\xed\xbe", "\ufffd\ufffd", [1, 2]),  # a surrogate lead, then a lone continuation byte
+        (b"\xe2\x98!", "\ufffd!", [1, 1, 2]),  # a cut-off 3-byte character: one U+FFFD, at its first byte
+        (b"a\xe2\x98", "a\ufffd", [1, 2, 2]),  # unfinished at the very end
+        (b"\xe2\x98\x83", "\u2603", [0, 0, 1]),  # valid: on its last byte
+    ]
+    decoded = decode_with_offsets(tok, [byte_ids(data) + [tok.eos_token_id] for data, _, _ in cases])
+    for (data, text, ends), d in zip(cases, decoded):
+        assert d.text == text
+        assert d.token_ends == ends + ends[-1:]
+        assert d.token_ends == reference_ends(tok, byte_ids(data) + [tok.eos_token_id], text)
