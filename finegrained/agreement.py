@@ -7,6 +7,10 @@ segments of the category's granularity (the same segmentation and label projecti
 training): Cohen's kappa for two annotators, Krippendorff's alpha (nominal) for more. Preference
 categories are compared on which output each annotator chose: percent agreement and Cohen's kappa /
 Krippendorff's alpha. ``--merge`` writes one record per item by majority vote and lists ties.
+
+Files may be the annotation app's journals: a record submitted twice counts once (its latest version),
+a preference tie (``meta.tie``) is a third answer besides the two outputs, and a record without an
+annotator is attributed to its file's name.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import argparse
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .data import PreferenceRecord, SpanRecord, inspect_file
+from .data import PreferenceRecord, SpanRecord, record_from_json
 from .errors import InputError
 from .io import atomic_write_json, atomic_write_jsonl
 from .labels import project_labels
@@ -62,26 +67,39 @@ def krippendorff_alpha(units: Sequence[Sequence]) -> float:
     return 1.0 - observed / expected
 
 
-def agreement_score(ratings: dict[str, dict]) -> tuple[str, float, int]:
-    """ratings: annotator -> {unit: label}. Kappa for two annotators (on shared units), alpha otherwise."""
+def agreement_score(ratings: dict[str, dict]) -> dict[str, float | int | str]:
+    """ratings: annotator -> {unit: label}. Cohen's kappa for two annotators (on the units both rated),
+    Krippendorff's alpha otherwise; plus the share of units (rated by at least two) on which all agree."""
     annotators = sorted(ratings)
-    units = sorted({u for r in ratings.values() for u in r})
+    units = sorted({u for r in ratings.values() for u in r}, key=repr)
+    values = [[ratings[x][u] for x in annotators if u in ratings[x]] for u in units]
+    pairable = [v for v in values if len(v) >= 2]
+    percent = sum(len(set(v)) == 1 for v in pairable) / len(pairable) if pairable else math.nan
     if len(annotators) == 2:
         a, b = annotators
         shared = [u for u in units if u in ratings[a] and u in ratings[b]]
-        if not shared:
-            return "cohen_kappa", math.nan, 0
-        return "cohen_kappa", cohen_kappa([ratings[a][u] for u in shared], [ratings[b][u] for u in shared]), len(shared)
-    values = [[ratings[x][u] for x in annotators if u in ratings[x]] for u in units]
-    return "krippendorff_alpha", krippendorff_alpha(values), sum(len(v) >= 2 for v in values)
+        kappa = cohen_kappa([ratings[a][u] for u in shared], [ratings[b][u] for u in shared]) if shared else math.nan
+        return {"statistic": "cohen_kappa", "cohen_kappa": kappa, "units": len(shared), "percent_agreement": percent}
+    return {"statistic": "krippendorff_alpha", "krippendorff_alpha": krippendorff_alpha(values),
+            "units": len(pairable), "percent_agreement": percent}  # fmt: skip
 
 
 def load_annotations(paths: Sequence[Path], schema: AnnotationSchema) -> tuple[list[SpanRecord], list[PreferenceRecord]]:
+    """Span and preference records of every file (latest version per id; annotator defaults to the file
+    name). Raises ``InputError`` listing the problems of every file."""
+    from .app.store import latest_records
+
     spans, prefs, problems = [], [], []
     for path in paths:
-        report = inspect_file(path, schema)
-        problems += report.problems
-        for record in report.records:
+        try:
+            rows, _ = latest_records(path, schema, keep_ties=True)
+        except InputError as e:
+            problems += e.problems
+            continue
+        for row in rows:
+            record = record_from_json(row)
+            if record.annotator is None:
+                record = replace(record, annotator=Path(path).stem)
             (spans if isinstance(record, SpanRecord) else prefs).append(record)
     if problems:
         raise InputError(problems[:50])
@@ -100,17 +118,31 @@ def span_ratings(records: list[SpanRecord], schema: AnnotationSchema) -> dict[st
         for r in records:
             labels = project_labels(r.completion, segments[r.id], r.spans, category)
             for k, label in enumerate(labels):
-                ratings[r.annotator or "?"][(r.id, k)] = label
+                ratings[r.annotator][(r.id, k)] = label
         out[category.name] = (dict(ratings), segments)
     return out
 
 
+def preference_item(r: PreferenceRecord) -> tuple[str, str, str]:
+    """The unordered pair a preference judges: (prompt, first output, second output), outputs sorted."""
+    first, second = sorted((r.chosen, r.rejected))
+    return r.prompt, first, second
+
+
+def preference_answer(r: PreferenceRecord) -> str:
+    """``"first"`` / ``"second"`` (in ``preference_item`` order) or ``"tie"``: one label space for all items,
+    so chance agreement is estimated across items (a label per output text would make every item its own
+    category and kappa would collapse to raw agreement)."""
+    if r.meta.get("tie"):
+        return "tie"
+    return "first" if r.chosen == preference_item(r)[1] else "second"
+
+
 def preference_ratings(records: list[PreferenceRecord]) -> dict[str, dict]:
-    """Per category: annotator -> {item: the chosen text}, the item being the unordered pair of outputs."""
+    """Per category: annotator -> {pair item: "first" | "second" | "tie"}."""
     out: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for r in records:
-        item = (r.prompt, *sorted((r.chosen, r.rejected)))
-        out[r.category][r.annotator or "?"][item] = r.chosen
+        out[r.category][r.annotator][preference_item(r)] = preference_answer(r)
     return {c: dict(v) for c, v in out.items()}
 
 
@@ -121,20 +153,28 @@ def majority(values: list) -> tuple[object, bool]:
     return counts[0][0], tie
 
 
-def report(paths: Sequence[Path], schema: AnnotationSchema) -> tuple[dict, list[dict], list[str]]:
+@dataclass
+class AgreementReport:
+    """Figures per category, the majority-vote records, and what the vote could not settle."""
+
+    categories: dict[str, dict]
+    merged_spans: list[dict]
+    merged_preferences: list[dict]
+    ties: list[str]  # no majority: nothing decided (span segments count as clean, pairs are left out)
+    disagreements: list[str]  # decided by majority, but not unanimously
+
+
+def report(paths: Sequence[Path], schema: AnnotationSchema) -> AgreementReport:
     spans, prefs = load_annotations(paths, schema)
-    categories, merged, ties = {}, [], []
+    out = AgreementReport({}, [], [], [], [])
     per_category = span_ratings(spans, schema) if spans else {}
     for name, (ratings, _) in per_category.items():
-        statistic, value, n_units = agreement_score(ratings)
-        categories[name] = {"kind": "span", "annotators": len(ratings), statistic: value, "units": n_units}
+        out.categories[name] = {"kind": "span", "annotators": len(ratings), **agreement_score(ratings)}
     for name, ratings in preference_ratings(prefs).items():
-        statistic, value, n_units = agreement_score(ratings)
-        items = {i for r in ratings.values() for i in r}
-        agree = [len({ratings[a][i] for a in ratings if i in ratings[a]}) == 1 for i in items if sum(i in ratings[a] for a in ratings) >= 2]
-        categories[name] = {"kind": "preference", "annotators": len(ratings), statistic: value, "units": n_units,
-                            "percent_agreement": sum(agree) / len(agree) if agree else math.nan}  # fmt: skip
-    # Majority-vote merge: span items segment by segment, preference items pair by pair.
+        out.categories[name] = {"kind": "preference", "annotators": len(ratings), **agreement_score(ratings)}
+
+    # Majority-vote merge of span items, segment by segment: a segment is an error of a category when most
+    # annotators' spans make it one (the same projection reward-model training uses).
     by_id: dict[str, list[SpanRecord]] = defaultdict(list)
     for r in spans:
         by_id[r.id].append(r)
@@ -142,53 +182,98 @@ def report(paths: Sequence[Path], schema: AnnotationSchema) -> tuple[dict, list[
         merged_spans = []
         for name, (ratings, segments) in per_category.items():
             for k, (start, end) in enumerate(segments[item_id]):
-                votes = [ratings[r.annotator or "?"][(item_id, k)] for r in group]
+                votes = [ratings[r.annotator][(item_id, k)] for r in group]
                 label, tie = majority(votes)
+                where = f"{item_id}: {name} segment {k} [{start}, {end}): {votes.count(1)} of {len(votes)} marked an error"
                 if tie:
-                    ties.append(f"{item_id}: {name} segment {k} ({start}-{end}): annotators split {Counter(votes)}")
+                    out.ties.append(where + " (tie: left clean)")
+                    continue
+                if len(set(votes)) > 1:
+                    out.disagreements.append(where)
                 if label == 1:
                     merged_spans.append({"start": start, "end": end, "label": name})
         first = group[0]
-        merged.append({"id": item_id, "prompt": first.prompt, "completion": first.completion, "spans": merged_spans,
-                       "annotator": "majority", "meta": {"annotators": sorted(r.annotator or "?" for r in group)}})  # fmt: skip
+        out.merged_spans.append({"id": item_id, "prompt": first.prompt, "completion": first.completion,
+                                 "spans": merged_spans, "annotator": "majority",
+                                 "meta": {"annotators": sorted(r.annotator for r in group)}})  # fmt: skip
+
+    # Preferences, pair by pair: the majority answer (first, second or tie); a majority tie writes nothing.
     pref_groups: dict[tuple, list[PreferenceRecord]] = defaultdict(list)
     for r in prefs:
-        pref_groups[(r.category, r.prompt, *sorted((r.chosen, r.rejected)))].append(r)
-    for key, group in sorted(pref_groups.items(), key=lambda kv: kv[1][0].id):
-        chosen, tie = majority([r.chosen for r in group])
+        pref_groups[(r.category, *preference_item(r))].append(r)
+    for (category, prompt, first, second), group in sorted(pref_groups.items(), key=lambda kv: kv[1][0].id):
+        answers = [preference_answer(r) for r in group]
+        answer, tie = majority(answers)
+        where = f"{group[0].id}: {category}: answers {dict(sorted(Counter(answers).items()))}"
         if tie:
-            ties.append(f"{group[0].id}: {key[0]}: annotators split evenly")
+            out.ties.append(where + " (tie: left out)")
             continue
-        rejected = next(r.rejected if r.chosen == chosen else r.chosen for r in group)
-        merged.append({"id": group[0].id, "prompt": group[0].prompt, "chosen": chosen, "rejected": rejected,
-                       "category": key[0], "annotator": "majority"})  # fmt: skip
-    return categories, merged, ties
+        if len(set(answers)) > 1:
+            out.disagreements.append(where)
+        if answer == "tie":
+            continue  # most annotators saw no difference: there is no preference to train on
+        chosen, rejected = (first, second) if answer == "first" else (second, first)
+        out.merged_preferences.append({"id": group[0].id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                                       "category": category, "annotator": "majority",
+                                       "meta": {"annotators": sorted(r.annotator for r in group)}})  # fmt: skip
+    return out
 
 
 def format_table(categories: dict) -> str:
-    lines = [f"{'category':<14} {'kind':<10} {'annotators':>10} {'units':>6}  agreement"]
+    lines = [f"{'category':<14} {'kind':<10} {'annotators':>10} {'units':>6}  {'statistic':<18} {'value':>6}  {'agree %':>7}"]
     for name, c in categories.items():
-        statistic = "cohen_kappa" if "cohen_kappa" in c else "krippendorff_alpha"
-        extra = f"  percent {c['percent_agreement']:.3f}" if "percent_agreement" in c else ""
-        lines.append(f"{name:<14} {c['kind']:<10} {c['annotators']:>10} {c['units']:>6}  {statistic} {c[statistic]:.3f}{extra}")
+        value = c[c["statistic"]]
+        lines.append(f"{name:<14} {c['kind']:<10} {c['annotators']:>10} {c['units']:>6}  {c['statistic']:<18} "
+                     f"{value:>6.3f}  {100 * c['percent_agreement']:>7.1f}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _json_safe(value):
+    """NaN (agreement undefined, e.g. no shared units) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+MAX_PRINTED = 20
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="finegrained agreement", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--schema", required=True)
-    parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--json", type=Path, help="write the figures as JSON")
-    parser.add_argument("--merge", type=Path, help="write a majority-vote consolidated JSONL")
+    parser.add_argument("--schema", required=True, help="schema YAML, or a shipped schema name")
+    parser.add_argument("files", nargs="+", type=Path, help="annotation JSONL files (one per annotator, or mixed)")
+    parser.add_argument("--json", type=Path, help="write the figures, ties and disagreements as JSON")
+    parser.add_argument("--merge", type=Path, metavar="OUT",
+                        help="write majority-vote span records to OUT (and preferences to OUT.preferences.jsonl "
+                             "when there are both)")  # fmt: skip
     args = parser.parse_args(argv)
     schema = load_schema(args.schema)
-    categories, merged, ties = report(args.files, schema)
-    print(format_table(categories))
+    result = report(args.files, schema)
+    print(format_table(result.categories))
+    print(f"{len(result.ties)} ties, {len(result.disagreements)} majority decisions that were not unanimous")
     if args.json:
-        atomic_write_json(args.json, {"categories": categories, "ties": ties})
+        atomic_write_json(args.json, _json_safe({"categories": result.categories, "ties": result.ties,
+                                                 "disagreements": result.disagreements}))  # fmt: skip
     if args.merge:
-        atomic_write_jsonl(args.merge, merged)
-        print(f"wrote {len(merged)} merged records to {args.merge}; {len(ties)} ties (not decided by majority):")
-        for t in ties:
-            print(f"  {t}")
+        targets = []
+        if result.merged_spans or not result.merged_preferences:
+            targets.append((args.merge, result.merged_spans))
+        if result.merged_preferences:
+            # validate wants one record kind per file
+            path = args.merge.with_name(f"{args.merge.stem}.preferences{args.merge.suffix}") if result.merged_spans else args.merge
+            targets.append((path, result.merged_preferences))
+        for path, rows in targets:
+            atomic_write_jsonl(path, rows)
+            print(f"wrote {len(rows)} majority-vote records to {path}")
+        for line in result.ties[:MAX_PRINTED]:
+            print(f"  tie: {line}")
+        for line in result.disagreements[:MAX_PRINTED]:
+            print(f"  not unanimous: {line}")
+        hidden = max(0, len(result.ties) - MAX_PRINTED) + max(0, len(result.disagreements) - MAX_PRINTED)
+        if hidden:
+            print(f"  ... and {hidden} more (all of them in --json)")
     return 0

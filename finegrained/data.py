@@ -377,7 +377,8 @@ def inspect_file(path: str | Path, schema: AnnotationSchema | str | Path) -> Fil
             record_id = obj["id"]
             if record_id in first_line_of_id:
                 problems.append(Problem(file, number, f"duplicate id {record_id!r} (first used on line "
-                                        f"{first_line_of_id[record_id]})", "id"))  # fmt: skip
+                                        f"{first_line_of_id[record_id]}); if this file was written by finegrained annotate, "
+                                        f"take the latest submission per id with finegrained annotate --export", "id"))  # fmt: skip
                 continue
             first_line_of_id[record_id] = number
         if not record_problems:

@@ -1,10 +1,17 @@
 """``finegrained sample``: completions from a policy, as JSONL the annotation app reads.
 
-    finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl [--n-per-prompt K]
+    finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl
+                       [--n-per-prompt K] [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
+                       [--greedy] [--seed S] [--batch-size B] [--device D] [--pairs]
 
 ``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``). Each output record is
-``{"id", "prompt", "completion"}`` with ids ``<prompt id>-<k>``; closing the loop sample -> annotate ->
-train-rm -> ppo -> sample.
+``{"id", "prompt", "completion", "meta"}`` with ids ``<prompt id>-<k>`` (``k`` = 0..K-1) and
+``meta = {"policy", "sample", "ended"}`` (``ended``: the model produced EOS before ``--max-new-tokens``).
+With ``--pairs`` (two samples per prompt) each prompt gives one *pair item* instead,
+``{"id", "prompt", "completion_a", "completion_b", "meta"}``, for the preference categories of a schema.
+Generation follows the policy text convention of ``docs/ARCHITECTURE.md`` (prompt ids without special
+tokens, batched, left-padded, KV cache), so what is annotated is exactly what PPO would see. This closes
+the loop: sample -> annotate -> train-rm -> ppo -> sample.
 """
 
 from __future__ import annotations
@@ -12,41 +19,104 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .errors import FinegrainedError, InputError, Problem
 from .io import atomic_write_jsonl, read_string_records
 
 
 def read_prompts(path: Path) -> list[dict]:
-    """``{"id", "prompt"}`` per line of ``path``; ids default to ``p<line>``."""
-    return [{"id": str(r.get("id", f"p{r['_line']}")), "prompt": r["prompt"]} for r in read_string_records(path, ("prompt",))]
+    """``{"id", "prompt"}`` per line of ``path``; ids default to ``p<line>`` and must be unique."""
+    rows = read_string_records(path, ("prompt",))
+    problems, first_line = [], {}
+    records = []
+    for r in rows:
+        raw_id = r.get("id", f"p{r['_line']}")
+        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+            problems.append(Problem(str(path), r["_line"], "must be a string or an integer", "id"))
+            continue
+        record_id = str(raw_id)
+        if record_id in first_line:
+            problems.append(Problem(str(path), r["_line"], f"duplicate id {record_id!r} (first used on line "
+                                    f"{first_line[record_id]})", "id"))  # fmt: skip
+            continue
+        first_line[record_id] = r["_line"]
+        records.append({"id": record_id, "prompt": r["prompt"]})
+    if problems:
+        raise InputError(problems[:50])
+    return records
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finegrained sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", required=True, help="HF causal LM directory (or hub id) with its tokenizer")
+    parser.add_argument("--policy", required=True, help="HF causal LM directory with its tokenizer")
     parser.add_argument("--prompts", required=True, type=Path, help="JSONL with a 'prompt' (and 'id') per line")
-    parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion)")
-    parser.add_argument("--n-per-prompt", type=int, default=1)
+    parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion, meta)")
+    parser.add_argument("--n-per-prompt", type=int, default=1, help="completions per prompt (default: 1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filtering")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--pairs", action="store_true",
+                        help="two samples per prompt written as one pair item (completion_a, completion_b), "
+                             "for preference categories")  # fmt: skip
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    bad = []
+    if args.pairs and args.n_per_prompt not in (1, 2):
+        bad.append(f"--pairs samples two completions per prompt; drop --n-per-prompt {args.n_per_prompt}")
+    if args.n_per_prompt < 1:
+        bad.append(f"--n-per-prompt must be at least 1, got {args.n_per_prompt}")
+    if args.max_new_tokens < 1:
+        bad.append(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        bad.append(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.greedy and args.temperature <= 0:
+        bad.append(f"--temperature must be positive (use --greedy for deterministic decoding), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        bad.append(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        bad.append(f"--top-k must be 0 (off) or positive, got {args.top_k}")
+    if args.output.exists() and args.prompts.exists() and args.output.resolve() == args.prompts.resolve():
+        bad.append("--output must not be the --prompts file")
+    if bad:
+        raise FinegrainedError("\n".join(f"finegrained sample: {b}" for b in bad))
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    records = read_prompts(args.prompts)  # checked before the (slow) model load
     from .evaluate import pick_device
     from .generation import generate, load_policy
 
-    records = read_prompts(args.prompts)
     model, tokenizer = load_policy(args.policy, pick_device(args.device))
-    expanded = [(r, k) for r in records for k in range(args.n_per_prompt)]
+    n_per_prompt = 2 if args.pairs else args.n_per_prompt
+    # Each prompt repeated K times, side by side in the batch: one generate call per batch, not per sample.
+    expanded = [(r, k) for r in records for k in range(n_per_prompt)]
     generations = generate(
         model, tokenizer, [r["prompt"] for r, _ in expanded], max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         batch_size=args.batch_size, seed=args.seed, progress=True,
     )  # fmt: skip
-    out = [{"id": f"{r['id']}-{k}", "prompt": r["prompt"], "completion": g.completion} for (r, k), g in zip(expanded, generations)]
+    if args.pairs:
+        out = [
+            {"id": r["id"], "prompt": r["prompt"], "completion_a": a.completion, "completion_b": b.completion,
+             "meta": {"policy": str(args.policy), "ended": [a.ended, b.ended]}}  # fmt: skip
+            for r, a, b in zip(records, generations[0::2], generations[1::2])
+        ]
+        what = f"{len(out)} pair items"
+    else:
+        out = [
+            {"id": f"{r['id']}-{k}", "prompt": r["prompt"], "completion": g.completion,
+             "meta": {"policy": str(args.policy), "sample": k, "ended": g.ended}}  # fmt: skip
+            for (r, k), g in zip(expanded, generations)
+        ]
+        what = f"{len(out)} completions ({len(records)} prompts x {n_per_prompt})"
     atomic_write_jsonl(args.output, out)
-    print(f"wrote {len(out)} completions to {args.output}")
+    print(f"wrote {what} to {args.output}")
     return 0

@@ -55,3 +55,87 @@ def test_cli_report_and_merge(tmp_path, capsys):
     assert by_id["b"]["spans"] == []
     assert validate_file(merged, load_schema("synthetic_qa")) == []
     assert "krippendorff_alpha" in capsys.readouterr().out
+
+
+def test_cohen_kappa_three_labels_hand_computed():
+    # a: x x y y z z   b: x y y y z x  -> p_o = 4/6 (positions 1, 3, 4, 5)
+    # marginals a: x2 y2 z2; b: x2 y3 z1 -> p_e = (2*2 + 2*3 + 2*1) / 36 = 12/36 = 1/3
+    # kappa = (2/3 - 1/3) / (1 - 1/3) = 1/2
+    assert agreement.cohen_kappa(list("xxyyzz"), list("xyyyzx")) == pytest.approx(0.5)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_two_annotators_segment_level_kappa(tmp_path, capsys):
+    # factuality is judged per sentence; two items of three sentences each = 6 units.
+    one = "Bora is a town. It has 3 bridges. The weather is mild."
+    two = "Kelt is a village. It has a lake. Kelt is old."
+
+    def sentence(text, k):
+        starts = [0, text.index(". ") + 2, text.rindex(". ") + 2]
+        ends = [starts[1] - 1, starts[2] - 1, len(text)]
+        return {"start": starts[k], "end": ends[k], "label": "Wrong-Grounding"}
+
+    # A marks one: s2; two: s1, s3 -> [0 1 0 | 1 0 1]
+    # B marks one: s2, s3; two: s1 -> [0 1 1 | 1 0 0]
+    # p_o = 4/6; each marks 3 of 6: p_e = 1/2 * 1/2 + 1/2 * 1/2 = 1/2; kappa = (2/3 - 1/2) / (1/2) = 1/3
+    # No annotator field: the file names (ann-a, ann-b) stand in for the annotators.
+    a = write_jsonl(tmp_path / "ann-a.jsonl", [
+        {"id": "one", "prompt": "q", "completion": one, "spans": [sentence(one, 1)]},
+        {"id": "two", "prompt": "q", "completion": two, "spans": [sentence(two, 0), sentence(two, 2)]},
+    ])  # fmt: skip
+    b = write_jsonl(tmp_path / "ann-b.jsonl", [
+        {"id": "one", "prompt": "q", "completion": one, "spans": [sentence(one, 1), sentence(one, 2)]},
+        {"id": "two", "prompt": "q", "completion": two, "spans": [sentence(two, 0)]},
+    ])  # fmt: skip
+    merged = tmp_path / "merged.jsonl"
+    assert agreement.main(["--schema", "synthetic_qa", a, b, "--json", str(tmp_path / "r.json"), "--merge", str(merged)]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    factuality = result["categories"]["factuality"]
+    assert factuality["statistic"] == "cohen_kappa" and factuality["units"] == 6
+    assert factuality["cohen_kappa"] == pytest.approx(1 / 3)
+    assert factuality["percent_agreement"] == pytest.approx(4 / 6)
+    # two segments split 1-1 between two annotators: ties, left clean in the merge and listed
+    assert len(result["ties"]) == 2 and all("factuality" in t for t in result["ties"])
+    out = {r["id"]: r for r in map(json.loads, merged.read_text().splitlines())}
+    assert [(s["start"], s["end"]) for s in out["one"]["spans"]] == [(16, 33)]
+    assert out["one"]["meta"]["annotators"] == ["ann-a", "ann-b"]
+    assert "tie:" in capsys.readouterr().out
+
+
+def pref(item, category, chosen, rejected, annotator, tie=False):
+    meta = {"item": item, **({"tie": True} if tie else {})}
+    return {"id": f"{item}/{category}", "prompt": f"prompt {item}", "chosen": chosen, "rejected": rejected,
+            "category": category, "annotator": annotator, "meta": meta}  # fmt: skip
+
+
+def test_preference_agreement_from_app_journals(tmp_path):
+    # Pair k compares "Alpha k" with "Beta k" (sorted: Alpha is "first"). Answers on completeness:
+    #   X: P1 first, P2 first (after re-submitting: its earlier "second" is history), P3 second, P4 tie
+    #   Y: P1 first, P2 second, P3 second, P4 tie
+    # p_o = 3/4. Marginals X: first 2, second 1, tie 1; Y: first 1, second 2, tie 1.
+    # p_e = (2*1 + 1*2 + 1*1) / 16 = 5/16; kappa = (12/16 - 5/16) / (11/16) = 7/11
+    def answer(k, who, a):
+        alpha, beta = f"Alpha {k}", f"Beta {k}"
+        if a == "tie":
+            return pref(f"P{k}", "completeness", alpha, beta, who, tie=True)
+        return pref(f"P{k}", "completeness", *((alpha, beta) if a == "first" else (beta, alpha)), who)
+
+    x = write_jsonl(tmp_path / "x.jsonl", [answer(1, "X", "first"), answer(2, "X", "second"), answer(3, "X", "second"),
+                                           answer(4, "X", "tie"), answer(2, "X", "first")])  # fmt: skip
+    y = write_jsonl(tmp_path / "y.jsonl", [answer(k, "Y", a) for k, a in zip(range(1, 5), ["first", "second", "second", "tie"])])
+    result = agreement.report([x, y], load_schema("synthetic_qa"))
+    completeness = result.categories["completeness"]
+    assert completeness["cohen_kappa"] == pytest.approx(7 / 11)
+    assert completeness["percent_agreement"] == pytest.approx(3 / 4) and completeness["units"] == 4
+    # merge: P1 -> Alpha, P3 -> Beta; P2 split 1-1 (listed as a tie); P4 both tie (no preference to write)
+    assert [(r["id"], r["chosen"]) for r in result.merged_preferences] == [("P1/completeness", "Alpha 1"), ("P3/completeness", "Beta 3")]
+    assert len(result.ties) == 1 and result.ties[0].startswith("P2/completeness")
+
+    merged = tmp_path / "merged.jsonl"
+    assert agreement.main(["--schema", "synthetic_qa", x, y, "--merge", str(merged)]) == 0
+    assert validate_file(merged, load_schema("synthetic_qa")) == []
+    assert len(merged.read_text().splitlines()) == 2

@@ -1,3 +1,5 @@
+"""``finegrained sample``: a tiny local policy writes records the annotation app accepts."""
+
 from __future__ import annotations
 
 import json
@@ -5,22 +7,88 @@ import json
 import pytest
 
 from finegrained import sample
-from finegrained.errors import InputError
+from finegrained.app.store import load_items
+from finegrained.errors import FinegrainedError, InputError
 from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
+from finegrained.schema import load_schema
 
 
-def test_sample_writes_annotation_ready_records(tmp_path):
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy")
     tok = train_tokenizer(["facts: Bora is a town. question: what is Bora?"] * 30, vocab_size=300)
-    tiny_causal_lm(tok, n_layer=1, n_embd=32, seed=0).save_pretrained(tmp_path / "policy")
-    tok.save_pretrained(tmp_path / "policy")
+    tiny_causal_lm(tok, n_layer=1, n_embd=32, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_sample_writes_annotation_ready_records(policy_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": "q1", "prompt": "facts: Bora is a town."}\n{"prompt": "question: what is Bora?"}\n')
     out = tmp_path / "completions.jsonl"
-    argv = ["--policy", str(tmp_path / "policy"), "--prompts", str(prompts), "--output", str(out), "--n-per-prompt", "2", "--max-new-tokens", "5"]
+    argv = ["--policy", str(policy_dir), "--prompts", str(prompts), "--output", str(out), "--n-per-prompt", "2",
+            "--max-new-tokens", "5", "--batch-size", "3"]  # fmt: skip
     assert sample.main(argv) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["q1-0", "q1-1", "p2-0", "p2-1"]
+    assert [r["prompt"] for r in records][1:3] == ["facts: Bora is a town.", "question: what is Bora?"]
     assert all(isinstance(r["completion"], str) for r in records)
+    assert [r["meta"]["sample"] for r in records] == [0, 1, 0, 1]
+    # what sample writes is what annotate reads
+    items = load_items(out, load_schema("synthetic_qa"))
+    assert [i.kind for i in items] == ["span"] * 4
+
+    # the same seed gives the same samples
+    again = tmp_path / "again.jsonl"
+    assert sample.main([*argv[:5], str(again), *argv[6:]]) == 0
+    assert again.read_text() == out.read_text()
+
+
+def test_pairs_become_pair_items_for_preference_categories(policy_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "q1", "prompt": "facts: Bora is a town."}\n{"id": "q2", "prompt": "question: what?"}\n')
+    out, singles = tmp_path / "pairs.jsonl", tmp_path / "singles.jsonl"
+    common = ["--policy", str(policy_dir), "--prompts", str(prompts), "--max-new-tokens", "6", "--seed", "3"]
+    assert sample.main([*common, "--output", str(out), "--pairs"]) == 0
+    assert sample.main([*common, "--output", str(singles), "--n-per-prompt", "2"]) == 0
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    flat = [json.loads(line)["completion"] for line in singles.read_text().splitlines()]
+    assert [p["id"] for p in pairs] == ["q1", "q2"]
+    # the same draws as two samples per prompt, paired in order
+    assert [(p["completion_a"], p["completion_b"]) for p in pairs] == [(flat[0], flat[1]), (flat[2], flat[3])]
+    items = load_items(out, load_schema("synthetic_qa"))
+    assert [i.kind for i in items] == ["pair", "pair"]
+    with pytest.raises(FinegrainedError, match="--pairs samples two completions"):
+        sample.main([*common, "--output", str(out), "--pairs", "--n-per-prompt", "3"])
+
+
+def test_greedy_does_not_depend_on_batching(policy_dir, tmp_path):
+    # Prompts of different lengths share a batch only through left padding: a padding bug (positions,
+    # attention mask) would change what a prompt generates depending on its batch mates.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "facts: Bora is a town. question: what is Bora?"}\n{"prompt": "Bora"}\n'
+                       '{"prompt": "question: what"}\n')  # fmt: skip
+    texts = []
+    for batch_size in ("1", "3"):
+        out = tmp_path / f"greedy-{batch_size}.jsonl"
+        sample.main(["--policy", str(policy_dir), "--prompts", str(prompts), "--output", str(out), "--greedy",
+                     "--max-new-tokens", "6", "--batch-size", batch_size])  # fmt: skip
+        texts.append([json.loads(line)["completion"] for line in out.read_text().splitlines()])
+    assert texts[0] == texts[1]
+
+
+def test_sample_input_and_argument_errors(policy_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    out = tmp_path / "completions.jsonl"
+    argv = ["--policy", str(policy_dir), "--prompts", str(prompts), "--output", str(out)]
     prompts.write_text('{"prompt": 3}\n')
     with pytest.raises(InputError, match=r"prompts.jsonl:1: prompt"):
         sample.main(argv)
+    prompts.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:2: id: duplicate id 'a' \(first used on line 1\)"):
+        sample.main(argv)
+    with pytest.raises(FinegrainedError, match="--n-per-prompt must be at least 1"):
+        sample.main([*argv, "--n-per-prompt", "0"])
+    with pytest.raises(FinegrainedError, match="--top-p must be in"):
+        sample.main([*argv, "--top-p", "1.5"])
+    assert not out.exists()

@@ -1,0 +1,409 @@
+"""What the annotation app reads and writes: the items to annotate and the append-only annotation journal.
+
+Items (the ``--input`` JSONL, e.g. from ``finegrained sample``), one object per line:
+
+- a *span item* ``{"id", "prompt", "completion"}`` (optionally ``spans`` as suggestions and ``meta``): the
+  annotator marks error spans of the schema's span categories, or "no errors";
+- a *pair item* ``{"id", "prompt", "completion_a", "completion_b"}`` (optionally ``meta``): the annotator
+  picks A, B or a tie for each preference category of the schema.
+
+The journal (the ``--output`` JSONL) receives one line per submission, appended, flushed and fsync'd before
+the server answers, so a killed server loses nothing that was acknowledged. Lines use the record formats
+of the design notes (section 3):
+
+- a span item's submission is a span record with the item's ``id``;
+- a pair item's submission is one preference record per preference category, with id
+  ``<item id>/<category>`` and ``meta.item = <item id>``. A tie has no chosen side, so it is written with
+  ``meta.tie = true`` (``chosen`` = A, ``rejected`` = B only to keep the record well-formed); ``export``
+  leaves ties out, because a reward model trained on them would learn a preference nobody expressed.
+
+Every journal line carries ``annotator`` and ``meta.submitted_at`` (UTC, ISO 8601). Re-submitting an item
+appends new lines (history is kept); ``latest_submissions`` and ``export`` keep the latest line per id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..data import describe_json_value, inspect_file, validate_record
+from ..errors import InputError, Problem
+from ..io import atomic_write_jsonl
+from ..schema import AnnotationSchema
+
+PAIR_FIELDS = ("id", "prompt", "completion_a", "completion_b", "meta")
+SPAN_ITEM_FIELDS = ("id", "prompt", "completion", "spans", "annotator", "meta")
+CHOICES = ("A", "B", "tie")
+MAX_LISTED_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to annotate. ``kind`` is ``"span"`` (``completion``) or ``"pair"`` (``completion_a``/``_b``)."""
+
+    index: int
+    id: str
+    kind: str
+    prompt: str
+    completion: str = ""
+    completion_a: str = ""
+    completion_b: str = ""
+    suggested_spans: tuple[dict, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "id": self.id, "kind": self.kind, "prompt": self.prompt}
+        if self.kind == "span":
+            out["completion"] = self.completion
+        else:
+            out["completion_a"], out["completion_b"] = self.completion_a, self.completion_b
+        return out
+
+
+def _validate_pair(obj: dict, file: str, line: int) -> list[Problem]:
+    """Problems of a pair item, worded like ``finegrained validate``'s messages for records."""
+    problems = []
+    for key in obj:
+        if key not in PAIR_FIELDS:
+            problems.append(Problem(file, line, f"unknown field in a pair item (expected {', '.join(PAIR_FIELDS)}; "
+                                    "extra information belongs under 'meta')", key))  # fmt: skip
+    for key in ("id", "prompt", "completion_a", "completion_b"):
+        if key not in obj:
+            problems.append(Problem(file, line, "missing required field", key))
+        elif not isinstance(obj[key], str):
+            problems.append(Problem(file, line, f"must be a string, got {describe_json_value(obj[key])}", key))
+    if isinstance(obj.get("id"), str) and not obj["id"].strip():
+        problems.append(Problem(file, line, "must not be empty", "id"))
+    if "meta" in obj and not isinstance(obj["meta"], dict):
+        problems.append(Problem(file, line, f"must be an object, got {describe_json_value(obj['meta'])}", "meta"))
+    a, b = obj.get("completion_a"), obj.get("completion_b")
+    if isinstance(a, str) and a == b:
+        problems.append(Problem(file, line, "'completion_a' and 'completion_b' are the same text; a comparison "
+                                "needs two different outputs", "completion_b"))  # fmt: skip
+    return problems
+
+
+def load_items(path: str | Path, schema: AnnotationSchema) -> list[Item]:
+    """Every item of ``path``; raises ``InputError`` listing every problem (``FILE:LINE: field: message``).
+
+    Span items are checked by ``finegrained.data.validate_record`` (the checks and messages of
+    ``finegrained validate``), with ``spans`` defaulting to ``[]``; pair items by the same rules.
+    """
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise InputError("no such file" if not path.exists() else "is not a file", file=path)
+    problems: list[Problem] = []
+    items: list[Item] = []
+    first_line_of_id: dict[str, int] = {}
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(Problem(file, number, f"not valid UTF-8 (byte {e.start + 1} of the line)"))
+            continue
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            problems.append(Problem(file, number, f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(Problem(file, number, f"a record must be a JSON object, got {describe_json_value(obj)}"))
+            continue
+        is_pair = "completion_a" in obj or "completion_b" in obj
+        if is_pair:
+            record_problems = _validate_pair(obj, file, number)
+        else:
+            record_problems = validate_record({"spans": [], **obj}, schema, file, number, kind="span")
+        problems += record_problems
+        item_id = obj.get("id")
+        if isinstance(item_id, str):
+            if item_id in first_line_of_id:
+                problems.append(Problem(file, number, f"duplicate id {item_id!r} (first used on line "
+                                        f"{first_line_of_id[item_id]})", "id"))  # fmt: skip
+                continue
+            first_line_of_id[item_id] = number
+        if record_problems:
+            continue
+        index = len(items)
+        if is_pair:
+            items.append(Item(index, obj["id"], "pair", obj["prompt"], completion_a=obj["completion_a"],
+                              completion_b=obj["completion_b"], meta=dict(obj.get("meta") or {})))  # fmt: skip
+        else:
+            items.append(Item(index, obj["id"], "span", obj["prompt"], completion=obj["completion"],
+                              suggested_spans=tuple(obj.get("spans") or ()), meta=dict(obj.get("meta") or {})))  # fmt: skip
+    if not items and not problems:
+        problems.append(Problem(file, None, "empty file: no items to annotate"))
+    kinds = {i.kind for i in items}
+    if "span" in kinds and not schema.span_categories:
+        problems.append(Problem(file, None, f"has completions to annotate with spans, but schema {schema.name!r} "
+                                "has no span categories"))  # fmt: skip
+    if "pair" in kinds and not schema.preference_categories:
+        problems.append(Problem(file, None, f"has pairs to compare, but schema {schema.name!r} has no preference "
+                                "categories"))  # fmt: skip
+    if problems:
+        if len(problems) > MAX_LISTED_PROBLEMS:
+            hidden = len(problems) - MAX_LISTED_PROBLEMS
+            problems = [*problems[:MAX_LISTED_PROBLEMS], Problem(file, None, f"... and {hidden} more problems")]
+        raise InputError(problems)
+    return items
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SubmissionError(ValueError):
+    """A submission the client got wrong (answered with HTTP 400 and this message)."""
+
+
+class Journal:
+    """The append-only output file: submissions in, the latest annotation per item out.
+
+    Thread-safe: one lock serialises appends and reads of the in-memory index.
+    """
+
+    def __init__(self, path: str | Path, schema: AnnotationSchema, items: list[Item], annotator: str):
+        self.path = Path(path)
+        self.schema = schema
+        self.items = items
+        self.by_id = {item.id: item for item in items}
+        self.annotator = annotator
+        self._lock = threading.Lock()
+        # item id -> the latest submission: {"spans": [...]} or {"choices": {category: "A"|"B"|"tie"}},
+        # plus "submitted_at" and "annotator".
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.warnings: list[str] = []
+        self._needs_newline = False
+        if self.path.exists():
+            self._replay()
+
+    # -- reading back --------------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Rebuild ``latest`` from an existing journal (a restart resumes where the last session stopped)."""
+        raw = self.path.read_bytes()
+        self._needs_newline = bool(raw) and not raw.endswith(b"\n")
+        lines = raw.split(b"\n")
+        problems: list[Problem] = []
+        other_annotators: set[str] = set()
+        unknown_items: set[str] = set()
+        for number, chunk in enumerate(lines, start=1):
+            if not chunk.strip():
+                continue
+            try:
+                obj = json.loads(chunk.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                if number == len(lines):
+                    # A server killed in the middle of a write leaves at most one torn last line, and that
+                    # submission was never acknowledged: skip it rather than refuse to start.
+                    self.warnings.append(f"{self.path}:{number}: ignoring an incomplete last line "
+                                         "(a write interrupted by a crash; it was never acknowledged)")  # fmt: skip
+                    continue
+                problems.append(Problem(str(self.path), number, f"malformed JSON in the annotation journal: {e}"))
+                continue
+            record_problems = validate_record(obj, self.schema, str(self.path), number)
+            if record_problems:
+                problems += record_problems
+                continue
+            meta = obj.get("meta") or {}
+            item_id = meta.get("item", obj["id"]) if "category" in obj else obj["id"]
+            item = self.by_id.get(item_id)
+            if item is None:
+                unknown_items.add(str(item_id))
+                continue
+            if obj.get("annotator") not in (None, self.annotator):
+                other_annotators.add(str(obj.get("annotator")))
+            when = meta.get("submitted_at", "")
+            if "category" in obj:
+                if item.kind != "pair":
+                    continue
+                choice = "tie" if meta.get("tie") else ("A" if obj["chosen"] == item.completion_a else "B")
+                entry = self.latest.get(item_id)
+                if entry is None or "choices" not in entry or entry.get("submission") != meta.get("submission"):
+                    entry = {"choices": {}, "submission": meta.get("submission")}
+                entry["choices"][obj["category"]] = choice
+                entry.update(submitted_at=when, annotator=obj.get("annotator"))
+                self.latest[item_id] = entry
+            elif item.kind == "span":
+                self.latest[item_id] = {"spans": obj["spans"], "submitted_at": when, "annotator": obj.get("annotator")}
+        if problems:
+            raise InputError(problems[:MAX_LISTED_PROBLEMS])
+        if unknown_items:
+            shown = ", ".join(sorted(unknown_items)[:5])
+            self.warnings.append(f"{self.path}: {len(unknown_items)} annotated id(s) are not in the input "
+                                 f"(kept in the file, not shown): {shown}")  # fmt: skip
+        if other_annotators:
+            self.warnings.append(f"{self.path}: also holds annotations by {', '.join(sorted(other_annotators))}; "
+                                 f"they count as done (use one output file per annotator)")  # fmt: skip
+
+    def is_annotated(self, item_id: str) -> bool:
+        with self._lock:
+            return item_id in self.latest
+
+    def annotated_flags(self) -> list[bool]:
+        with self._lock:
+            return [item.id in self.latest for item in self.items]
+
+    def first_unannotated(self, start: int = 0) -> int | None:
+        """Index of the first item without an annotation at or after ``start`` (wrapping), or ``None``."""
+        flags = self.annotated_flags()
+        n = len(flags)
+        for k in range(n):
+            i = (start + k) % n
+            if not flags[i]:
+                return i
+        return None
+
+    def annotation_of(self, item_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self.latest.get(item_id)
+            return json.loads(json.dumps(entry)) if entry is not None else None
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def _records_for(self, item: Item, payload: dict[str, Any], when: str) -> list[dict[str, Any]]:
+        """Journal lines for one submission; raises ``SubmissionError`` naming what is wrong."""
+        meta = {"submitted_at": when}
+        if item.kind == "span":
+            spans = payload.get("spans")
+            if not isinstance(spans, list):
+                raise SubmissionError("'spans' must be a list of {start, end, label}")
+            record = {"id": item.id, "prompt": item.prompt, "completion": item.completion, "spans": spans,
+                      "annotator": self.annotator, "meta": meta}  # fmt: skip
+            records = [record]
+        else:
+            choices = payload.get("choices")
+            names = [c.name for c in self.schema.preference_categories]
+            if not isinstance(choices, dict) or sorted(choices) != sorted(names):
+                raise SubmissionError(f"'choices' must give A, B or tie for each of: {', '.join(names)}")
+            records = []
+            submission = uuid.uuid4().hex[:16]  # groups the per-category lines of one submission
+            for name in names:
+                choice = choices[name]
+                if choice not in CHOICES:
+                    raise SubmissionError(f"choice for {name!r} must be one of A, B, tie; got {choice!r}")
+                chosen, rejected = (item.completion_b, item.completion_a) if choice == "B" else (item.completion_a, item.completion_b)
+                record_meta = {**meta, "item": item.id, "submission": submission}
+                if choice == "tie":
+                    record_meta["tie"] = True
+                records.append({"id": f"{item.id}/{name}", "prompt": item.prompt, "chosen": chosen,
+                                "rejected": rejected, "category": name, "annotator": self.annotator,
+                                "meta": record_meta})  # fmt: skip
+        for record in records:
+            problems = validate_record(record, self.schema, "submission")
+            if problems:
+                raise SubmissionError("; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems))
+        return records
+
+    def submit(self, item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Validate, append (flush + fsync) and index one submission; returns the stored annotation."""
+        item = self.by_id.get(item_id)
+        if item is None:
+            raise SubmissionError(f"unknown item id {item_id!r}")
+        when = _now()
+        records = self._records_for(item, payload, when)
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+        with self._lock:
+            if self._needs_newline:
+                data = b"\n" + data  # close a torn last line left by a crash, so our line stays whole
+            created = not self.path.exists()
+            # O_APPEND: each write lands at the current end even if another process appended meanwhile.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                # Make the new directory entry itself durable, not only the file's contents.
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            self._needs_newline = False
+            if item.kind == "span":
+                entry = {"spans": records[0]["spans"], "submitted_at": when, "annotator": self.annotator}
+            else:
+                entry = {"choices": dict(payload["choices"]), "submitted_at": when, "annotator": self.annotator,
+                         "submission": records[0]["meta"]["submission"]}  # fmt: skip
+            self.latest[item.id] = entry
+            return json.loads(json.dumps(entry))
+
+
+def latest_records(path: str | Path, schema: AnnotationSchema, keep_ties: bool = False) -> tuple[list[dict], int]:
+    """The latest journal line per record id, in order of first appearance, and the number of ties dropped.
+
+    Lines are checked with ``validate_record``; a torn last line (crash mid-write) is skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=path)
+    lines = path.read_bytes().split(b"\n")
+    latest: dict[str, dict] = {}
+    problems: list[Problem] = []
+    for number, chunk in enumerate(lines, start=1):
+        if not chunk.strip():
+            continue
+        try:
+            obj = json.loads(chunk.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if number != len(lines):
+                problems.append(Problem(str(path), number, f"malformed JSON: {e}"))
+            continue
+        record_problems = validate_record(obj, schema, str(path), number)
+        if record_problems:
+            problems += record_problems
+            continue
+        latest.pop(obj["id"], None)  # re-insert: order follows the latest submission
+        latest[obj["id"]] = obj
+    if problems:
+        raise InputError(problems[:MAX_LISTED_PROBLEMS])
+    records = list(latest.values())
+    ties = [r for r in records if "category" in r and (r.get("meta") or {}).get("tie")]
+    if not keep_ties:
+        records = [r for r in records if not ("category" in r and (r.get("meta") or {}).get("tie"))]
+    return records, len(ties)
+
+
+def export(journal_path: str | Path, out_path: str | Path, schema: AnnotationSchema) -> tuple[list[tuple[Path, int]], int]:
+    """Write the latest record per id (ties left out) atomically; each written file passes
+    ``finegrained validate``, which wants one record kind per file: span records go to ``out_path`` and,
+    when the journal also holds preferences, those go to ``<stem>.preferences<suffix>`` beside it (only
+    preferences: all to ``out_path``). Returns ([(file, records written)], ties left out)."""
+    records, n_ties = latest_records(journal_path, schema)
+    out_path = Path(out_path)
+    if out_path.resolve() == Path(journal_path).resolve():
+        raise InputError("the export must go to another file than the annotation journal", file=out_path)
+    spans = [r for r in records if "category" not in r]
+    preferences = [r for r in records if "category" in r]
+    targets: list[tuple[Path, list[dict]]] = []
+    if spans or not preferences:
+        targets.append((out_path, spans))
+    if preferences:
+        target = out_path.with_name(f"{out_path.stem}.preferences{out_path.suffix}") if spans else out_path
+        targets.append((target, preferences))
+    written = []
+    for target, rows in targets:
+        atomic_write_jsonl(target, rows)
+        if rows:
+            report = inspect_file(target, schema)
+            if report.problems:  # a bug, not a user error: an export must always be valid
+                raise AssertionError("export produced an invalid file: " + "; ".join(map(str, report.problems[:5])))
+        written.append((target, len(rows)))
+    return written, n_ties

@@ -1,0 +1,271 @@
+"""The annotation server without a browser: its HTTP API, its safety rules and its journal."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+
+import pytest
+
+from finegrained.app import server as server_module
+from finegrained.app.server import MAX_BODY_BYTES, build_server, main, serve_in_thread
+from finegrained.app.store import export, latest_records
+from finegrained.data import validate_file
+from finegrained.errors import FinegrainedError, InputError
+from finegrained.schema import load_schema
+
+SCHEMA = load_schema("synthetic_qa")
+ROWS = [
+    {"id": "q1", "prompt": "facts: Bora is a town.", "completion": "🦜 Bora is a town. It has 3 bridges."},
+    {"id": "q2", "prompt": "question: what is Kelt?", "completion": "Kelt is a village."},
+    {"id": "q3", "prompt": "question: what is Arn?", "completion": "Arn is a river."},
+    {"id": "p1", "prompt": "question: what is Bora?", "completion_a": "Bora is a town.", "completion_b": "A city."},
+]
+
+
+def write_items(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A running server on a free port: yields (server, output path); shut down afterwards."""
+    items = write_items(tmp_path / "items.jsonl", ROWS)
+    output = tmp_path / "annotations.jsonl"
+    server = build_server(SCHEMA, items, output, "ann-1", port=0)
+    serve_in_thread(server)
+    yield server, output
+    server.shutdown()
+    server.server_close()
+
+
+def request(server, method, path, body=None, headers=None):
+    """(status, parsed JSON or raw bytes) of one request on a fresh connection."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    all_headers = {"Content-Type": "application/json"} if body is not None else {}
+    all_headers.update(headers or {})
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode("utf-8")
+    conn.request(method, path, body=data, headers=all_headers)
+    response = conn.getresponse()
+    raw = response.read()
+    conn.close()
+    if response.getheader("Content-Type", "").startswith("application/json"):
+        return response.status, json.loads(raw)
+    return response.status, raw
+
+
+def submit(server, index, payload):
+    return request(server, "POST", f"/api/items/{index}", payload)
+
+
+def test_serves_page_and_state(served):
+    server, _ = served
+    status, page = request(server, "GET", "/")
+    assert status == 200 and b'<script src="/app.js"' in page
+    for asset in ("/app.js", "/app.css", "/index.html"):
+        assert request(server, "GET", asset)[0] == 200
+    status, state = request(server, "GET", "/api/state")
+    assert status == 200
+    assert state["n_items"] == 4 and state["first_unannotated"] == 0 and state["annotator"] == "ann-1"
+    assert [c["name"] for c in state["schema"]["categories"]] == ["relevance", "factuality", "completeness", "holistic"]
+    status, item = request(server, "GET", "/api/items/3")
+    assert item["item"]["kind"] == "pair" and item["annotation"] is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../../../etc/passwd", "/static/../server.py", "/%2e%2e/%2e%2e/etc/passwd", "/app.js/../../store.py",
+     "/server.py", "/static/app.js", "//etc/passwd", "/api/items/99", "/api/items/-1", "/api/items/../state"],
+)  # fmt: skip
+def test_only_its_own_assets_are_served(served, path):
+    server, _ = served
+    host, port = server.server_address[:2]
+    # A raw socket: http.client would normalise nothing either, but this makes the bytes on the wire explicit.
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404"), reply[:80]
+    assert b"root:" not in reply and b"import" not in reply
+
+
+def test_security_headers_and_foreign_host(served):
+    server, _ = served
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    csp = response.getheader("Content-Security-Policy")
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    conn.close()
+    # DNS rebinding: a page on another origin that resolves to 127.0.0.1 sends its own Host header.
+    status, body = request(server, "GET", "/api/state", headers={"Host": "evil.example:80"})
+    assert status == 403
+    status, _ = submit_with_host(server, "evil.example")
+    assert status == 403
+
+
+def submit_with_host(server, host_header):
+    return request(server, "POST", "/api/items/1", {"id": "q2", "spans": []}, headers={"Host": host_header})
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_running(served):
+    server, output = served
+    assert request(server, "POST", "/api/items/1", b"{not json")[0] == 400
+    assert request(server, "POST", "/api/items/1", b"\xff\xfe")[0] == 400
+    assert request(server, "POST", "/api/items/1", [1, 2])[0] == 400  # JSON, but not an object
+    assert request(server, "POST", "/api/items/1", b'{"id": "q2", "spans": []}', {"Content-Type": "text/plain"})[0] == 415
+    assert request(server, "DELETE", "/api/items/1")[0] == 405
+    # oversized: refused from the Content-Length alone, before reading the body
+    status, body = request(server, "POST", "/api/items/1", b"x" * (MAX_BODY_BYTES + 1))
+    assert status == 413 and "bytes" in body["error"]
+    # well-formed JSON with wrong content: 400 with a message naming the problem
+    status, body = submit(server, 1, {"id": "q2", "spans": [{"start": 5, "end": 99, "label": "Irrelevant"}]})
+    assert status == 400 and "past the end" in body["error"]
+    status, body = submit(server, 1, {"id": "q2", "spans": [{"start": 0, "end": 4, "label": "Typo"}]})
+    assert status == 400 and "unknown label 'Typo'" in body["error"]
+    status, body = submit(server, 1, {"id": "q1", "spans": []})  # stale page: id of another item
+    assert status == 400 and "'q2'" in body["error"]
+    status, body = submit(server, 3, {"id": "p1", "choices": {"completeness": "A"}})
+    assert status == 400 and "holistic" in body["error"]
+    status, body = submit(server, 3, {"id": "p1", "choices": {"completeness": "A", "holistic": "C"}})
+    assert status == 400 and "one of A, B, tie" in body["error"]
+    assert not output.exists()  # nothing invalid was written
+    # ... and the server still answers and saves
+    assert submit(server, 1, {"id": "q2", "spans": []})[0] == 200
+    assert request(server, "GET", "/api/state")[1]["n_annotated"] == 1
+
+
+def test_submission_is_appended_and_fsynced_before_the_answer(served, monkeypatch):
+    server, output = served
+    synced = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd):
+        # At fsync time the line must already be in the file: the answer comes after both.
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    status, body = submit(server, 0, {"id": "q1", "spans": [{"start": 2, "end": 17, "label": "Wrong-Grounding"}]})
+    assert status == 200 and body["next_unannotated"] == 1
+    assert synced and synced[0] == output.stat().st_size > 0
+    record = json.loads(output.read_text(encoding="utf-8"))
+    assert record["completion"][2:17] == "Bora is a town."  # code-point offsets, emoji counted once
+    assert record["annotator"] == "ann-1" and record["meta"]["submitted_at"].endswith("Z")
+    assert validate_file(output, SCHEMA) == []
+
+
+def test_resubmission_keeps_history_and_export_takes_the_latest(served, tmp_path):
+    server, output = served
+    submit(server, 0, {"id": "q1", "spans": [{"start": 2, "end": 17, "label": "Wrong-Grounding"}]})
+    submit(server, 0, {"id": "q1", "spans": []})  # changed my mind: no errors
+    submit(server, 3, {"id": "p1", "choices": {"completeness": "B", "holistic": "tie"}})
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4  # 2 span submissions + one preference submission of 2 categories
+    assert request(server, "GET", "/api/items/0")[1]["annotation"]["spans"] == []
+
+    clean = tmp_path / "clean.jsonl"
+    written, n_ties = export(output, clean, SCHEMA)
+    assert n_ties == 1
+    assert [(p.name, n) for p, n in written] == [("clean.jsonl", 1), ("clean.preferences.jsonl", 1)]
+    assert [json.loads(x)["spans"] for x in clean.read_text().splitlines()] == [[]]
+    (preference,) = map(json.loads, (tmp_path / "clean.preferences.jsonl").read_text().splitlines())
+    assert preference["chosen"] == "A city." and preference["rejected"] == "Bora is a town."
+    assert validate_file(clean, SCHEMA) == [] and validate_file(tmp_path / "clean.preferences.jsonl", SCHEMA) == []
+    records, _ = latest_records(output, SCHEMA, keep_ties=True)
+    assert {r["id"] for r in records} == {"q1", "p1/completeness", "p1/holistic"}
+
+
+def test_restart_resumes_at_the_first_unannotated_item(tmp_path):
+    items = write_items(tmp_path / "items.jsonl", ROWS)
+    output = tmp_path / "annotations.jsonl"
+    first = build_server(SCHEMA, items, output, "ann-1", port=0)
+    serve_in_thread(first)
+    submit(first, 0, {"id": "q1", "spans": []})
+    submit(first, 2, {"id": "q3", "spans": []})
+    submit(first, 3, {"id": "p1", "choices": {"completeness": "A", "holistic": "B"}})
+    first.shutdown()
+    first.server_close()
+    # a crash in the middle of a later write leaves a torn last line: skipped with a warning, then repaired
+    with open(output, "ab") as f:
+        f.write(b'{"id": "q2", "prompt": "question: wh')
+    second = build_server(SCHEMA, items, output, "ann-1", port=0)
+    serve_in_thread(second)
+    try:
+        state = request(second, "GET", "/api/state")[1]
+        assert state["annotated"] == [True, False, True, True] and state["first_unannotated"] == 1
+        assert any("incomplete last line" in w for w in second.app.journal.warnings)
+        assert request(second, "GET", "/api/items/3")[1]["annotation"]["choices"] == {"completeness": "A", "holistic": "B"}
+        assert submit(second, 1, {"id": "q2", "spans": []})[0] == 200
+        assert request(second, "GET", "/api/state")[1]["first_unannotated"] is None
+    finally:
+        second.shutdown()
+        second.server_close()
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[-1])["id"] == "q2"  # written on its own line after the torn one
+
+
+def test_input_is_validated_like_finegrained_validate(tmp_path):
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        '{"id": "a", "prompt": "p", "completion": "text"}\n'
+        '{"id": "a", "prompt": "p", "completion": "dup"}\n'
+        '{"id": "b", "prompt": "p", "completion": 7}\n'
+        "not json\n"
+        '{"id": "c", "prompt": "p", "completion_a": "x", "completion_b": "x"}\n'
+        '{"id": "d", "prompt": "p", "completion": "t", "spam": 1}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError) as caught:
+        build_server(SCHEMA, items, tmp_path / "out.jsonl", "ann", port=0)
+    text = str(caught.value)
+    assert f"{items}:2: id: duplicate id 'a' (first used on line 1)" in text
+    assert f"{items}:3: completion: must be a string, got the integer 7" in text
+    assert f"{items}:4: malformed JSON" in text
+    assert f"{items}:5: completion_b:" in text
+    assert f"{items}:6: spam: unknown field" in text
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_output_rules(tmp_path):
+    items = write_items(tmp_path / "items.jsonl", ROWS[:1])
+    with pytest.raises(InputError, match="must not be the --input"):
+        build_server(SCHEMA, items, items, "ann", port=0)
+    with pytest.raises(InputError, match="does not exist"):
+        build_server(SCHEMA, items, tmp_path / "missing" / "out.jsonl", "ann", port=0)
+
+
+def test_cli_errors_and_export(tmp_path, capsys, monkeypatch):
+    items = write_items(tmp_path / "items.jsonl", ROWS)
+    output = tmp_path / "annotations.jsonl"
+    # a busy port is a clear user error, not a traceback
+    busy = build_server(SCHEMA, items, output, "ann", port=0)
+    try:
+        with pytest.raises(FinegrainedError, match="port .* is in use"):
+            main(["--schema", "synthetic_qa", "--input", str(items), "--output", str(output),
+                  "--port", str(busy.server_address[1])])  # fmt: skip
+    finally:
+        busy.server_close()
+    with pytest.raises(FinegrainedError, match="--input is required"):
+        main(["--schema", "synthetic_qa", "--output", str(output)])
+
+    # serving on another host prints a warning; serve_forever is replaced so the test does not block
+    monkeypatch.setattr(server_module.AnnotationServer, "serve_forever", lambda self: None)
+    assert main(["--schema", "synthetic_qa", "--input", str(items), "--output", str(output), "--port", "0",
+                 "--host", "0.0.0.0", "--annotator", "ann-7"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "WARNING: listening on 0.0.0.0" in captured.err
+    assert "4 items, 0 annotated (resuming at item 1); annotator 'ann-7'" in captured.out
+
+    output.write_text(json.dumps({"id": "q2", "prompt": "question: what is Kelt?", "completion": "Kelt is a village.",
+                                  "spans": [], "annotator": "ann-7", "meta": {}}) + "\n")  # fmt: skip
+    assert main(["--schema", "synthetic_qa", "--output", str(output), "--export", str(tmp_path / "clean.jsonl")]) == 0
+    assert "wrote 1 record to" in capsys.readouterr().out
