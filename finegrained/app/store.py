@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..data import describe_json_value, inspect_file, validate_record
+from ..data import LOAD_MAX_PROBLEMS, describe_json_value, inspect_file, validate_record
 from ..errors import InputError, Problem
 from ..io import atomic_write_jsonl
 from ..schema import AnnotationSchema
@@ -40,7 +40,7 @@ from ..schema import AnnotationSchema
 PAIR_FIELDS = ("id", "prompt", "completion_a", "completion_b", "meta")
 SPAN_ITEM_FIELDS = ("id", "prompt", "completion", "spans", "annotator", "meta")
 CHOICES = ("A", "B", "tie")
-MAX_LISTED_PROBLEMS = 50
+MAX_LISTED_PROBLEMS = LOAD_MAX_PROBLEMS
 
 
 @dataclass(frozen=True)
@@ -195,28 +195,13 @@ class Journal:
         """Rebuild ``latest`` from an existing journal (a restart resumes where the last session stopped)."""
         raw = self.path.read_bytes()
         self._needs_newline = bool(raw) and not raw.endswith(b"\n")
-        lines = raw.split(b"\n")
-        problems: list[Problem] = []
+        records, problems, torn = read_journal(self.path, self.schema, raw)
+        if torn:
+            self.warnings.append(f"{self.path}:{torn}: ignoring an incomplete last line "
+                                 "(a write interrupted by a crash; it was never acknowledged)")  # fmt: skip
         other_annotators: set[str] = set()
         unknown_items: set[str] = set()
-        for number, chunk in enumerate(lines, start=1):
-            if not chunk.strip():
-                continue
-            try:
-                obj = json.loads(chunk.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                if number == len(lines):
-                    # A server killed in the middle of a write leaves at most one torn last line, and that
-                    # submission was never acknowledged: skip it rather than refuse to start.
-                    self.warnings.append(f"{self.path}:{number}: ignoring an incomplete last line "
-                                         "(a write interrupted by a crash; it was never acknowledged)")  # fmt: skip
-                    continue
-                problems.append(Problem(str(self.path), number, f"malformed JSON in the annotation journal: {e}"))
-                continue
-            record_problems = validate_record(obj, self.schema, str(self.path), number)
-            if record_problems:
-                problems += record_problems
-                continue
+        for obj in records:
             meta = obj.get("meta") or {}
             item_id = meta.get("item", obj["id"]) if "category" in obj else obj["id"]
             item = self.by_id.get(item_id)
@@ -346,6 +331,33 @@ class Journal:
             return json.loads(json.dumps(entry))
 
 
+def read_journal(path: Path, schema: AnnotationSchema, raw: bytes) -> tuple[list[dict], list[Problem], int | None]:
+    """The valid records of a journal's bytes, in file order; the problems of the other lines; and the line
+    number of a torn last line (skipped: a server killed in the middle of a write leaves at most one, and
+    that submission was never acknowledged), or None."""
+    lines = raw.split(b"\n")
+    records: list[dict] = []
+    problems: list[Problem] = []
+    torn = None
+    for number, chunk in enumerate(lines, start=1):
+        if not chunk.strip():
+            continue
+        try:
+            obj = json.loads(chunk.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if number == len(lines):
+                torn = number
+            else:
+                problems.append(Problem(str(path), number, f"malformed JSON in the annotation journal: {e}"))
+            continue
+        record_problems = validate_record(obj, schema, str(path), number)
+        if record_problems:
+            problems += record_problems
+        else:
+            records.append(obj)
+    return records, problems, torn
+
+
 def latest_records(path: str | Path, schema: AnnotationSchema, keep_ties: bool = False) -> tuple[list[dict], int]:
     """The latest journal line per record id, in order of first appearance, and the number of ties dropped.
 
@@ -354,22 +366,9 @@ def latest_records(path: str | Path, schema: AnnotationSchema, keep_ties: bool =
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", file=path)
-    lines = path.read_bytes().split(b"\n")
+    journal, problems, _ = read_journal(path, schema, path.read_bytes())
     latest: dict[str, dict] = {}
-    problems: list[Problem] = []
-    for number, chunk in enumerate(lines, start=1):
-        if not chunk.strip():
-            continue
-        try:
-            obj = json.loads(chunk.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if number != len(lines):
-                problems.append(Problem(str(path), number, f"malformed JSON: {e}"))
-            continue
-        record_problems = validate_record(obj, schema, str(path), number)
-        if record_problems:
-            problems += record_problems
-            continue
+    for obj in journal:
         latest.pop(obj["id"], None)  # re-insert: order follows the latest submission
         latest[obj["id"]] = obj
     if problems:
