@@ -40,6 +40,7 @@ from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import RewardScorer, has_non_finite
 from . import functional as F
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .lora import adapters_disabled, add_adapters, count_parameters, merge_adapters_
 from .policy import build_policy, build_value_model, frozen_copy
 from .rollout import joint_inputs, policy_forward, sample_responses
 from .types import Trajectory
@@ -87,13 +88,24 @@ class PPOTrainer:
         policy, self.tokenizer = build_policy(cfg, self.out, self.prompts, save_initial=self.is_main)
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
-        self.reference = frozen_copy(policy).to(self.accelerator.device)
+        # The value model first: a separate value trunk is a full, trainable copy of the initial policy.
         value = build_value_model(cfg, policy)
+        if cfg.lora.r:
+            # LoRA: the policy's weights stay frozen; the reference is the policy with its adapters off.
+            adapted = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+            if cfg.gradient_checkpointing:
+                policy.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+            self.reference = None
+            trainable, total = count_parameters(policy)
+            log(f"[ppo] LoRA r={cfg.lora.r} on {len(adapted)} layers: {trainable:,} of {total:,} policy parameters train")
+        else:
+            self.reference = frozen_copy(policy).to(self.accelerator.device)
         self.scorer = RewardScorer.from_config(cfg.reward, device=self.accelerator.device)
         self.oracle = self._oracle()
         p = cfg.ppo
         optimizer = torch.optim.AdamW(
-            [{"params": policy.parameters(), "lr": p.lr}, {"params": value.parameters(), "lr": p.value_lr}],
+            [{"params": [q for q in policy.parameters() if q.requires_grad], "lr": p.lr},
+             {"params": [q for q in value.parameters() if q.requires_grad], "lr": p.value_lr}],
             weight_decay=0.0,
         )
         warmup = max(1, p.warmup_steps)
@@ -164,6 +176,13 @@ class PPOTrainer:
             return self.value(hidden)
         return self.value(ids, mask.long(), position_ids)[:, prompt_length - 1 : -1]
 
+    def reference_logprobs(self, ids, mask, position_ids, prompt_length: int, response_ids) -> torch.Tensor:
+        """Log-probs (B, T) of the response tokens under the frozen reference policy."""
+        if self.reference is not None:
+            return policy_forward(self.reference, ids, mask, position_ids, prompt_length, response_ids)[0]
+        with adapters_disabled(self.accelerator.unwrap_model(self.policy)):
+            return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids)[0]
+
     def _check_finite(self, what: str, phase: str, tensor: torch.Tensor) -> None:
         if not torch.isfinite(tensor).all():
             raise NonFiniteError(
@@ -205,7 +224,7 @@ class PPOTrainer:
             ids, mask, position_ids = joint_inputs(query_ids, query_mask, response_ids, response_mask)
             P = query_ids.shape[1]
             logprobs, _, hidden = policy_forward(self.policy, ids, mask, position_ids, P, response_ids, self.cfg.value.shared)
-            ref_logprobs, _, _ = policy_forward(self.reference, ids, mask, position_ids, P, response_ids)
+            ref_logprobs = self.reference_logprobs(ids, mask, position_ids, P, response_ids)
             values = self._values(ids, mask, position_ids, P, hidden).float()
         trajectory = Trajectory(
             query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=response_mask,
@@ -349,8 +368,11 @@ class PPOTrainer:
         self.check_replicas_agree()
         self.accelerator.wait_for_everyone()
         if self.is_main:
+            policy = self.accelerator.unwrap_model(self.policy)
+            if self.cfg.lora.r:
+                merge_adapters_(policy)  # final/ is a plain HF model: adapters folded into the weights
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
-                self.accelerator.unwrap_model(self.policy).save_pretrained(tmp, safe_serialization=True)
+                policy.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
         self.accelerator.wait_for_everyone()
 
