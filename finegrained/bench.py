@@ -7,11 +7,23 @@ config, runs ``bench.iterations`` PPO iterations with fixed-length responses, an
 - ``seconds_per_iteration``: median wall time of the iterations after the first;
 - ``phases``: median seconds per iteration in generate, segment, score, place, ref_value_forward,
   advantage, update;
+- ``unphased_seconds``: the median wall time of an iteration spent outside every phase timer;
 - ``bare_seconds``: in the same process, the same models doing only the unavoidable work of one
-  iteration: generating the same number of tokens with KV cache, the forward passes of the reward
-  models, the policy, the reference and the value model on the same shapes, and the forward, backward
-  and optimizer steps of the update; ``overhead_factor`` = seconds_per_iteration / bare_seconds;
-- ``tokens_per_second`` (generated tokens per second of iteration), ``peak_rss_mb`` and the config.
+  iteration: sampling the same number of tokens with a KV cache in a plain loop (``bare_generate``), the
+  reward models' forward passes on the exact tensors the scorer gives them, the policy, reference and value
+  forward passes on the joint sequences, and the forward, backward and optimizer steps of the update
+  (``bare_phases`` splits it); measured ``bench.bare_repeats`` times, alternating with the last iterations
+  so both see the same machine load; ``overhead_factor`` = seconds_per_iteration / bare_seconds;
+- ``model_state_mb``: MB of weights per model (policy, reference, value, reward models) and of optimizer
+  state, the memory that does not grow with the batch;
+- ``tokens_per_second`` (generated tokens per second of iteration), ``peak_rss_mb`` (the process's
+  maximum resident set, model building included) and the resolved config.
+
+``bench.profile=true`` runs one more iteration under cProfile and writes ``output_dir/profile.txt``.
+``bench.shared_value=true`` (value head on the policy's trunk), ``bench.lora_r=R`` (LoRA adapters, reference =
+adapters off) and ``bench.bf16=true`` (bf16 autocast) measure the options that cut the work; the bare cost
+then uses the same models and precision. ``scripts/bench_compare.sh`` runs this side by side with trl's
+PPOTrainer; ``scripts/bench_scaling.sh`` makes the README's scaling table.
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import compose, compose_from_argv, log, to_container
-from .io import atomic_write_json
+from .errors import FinegrainedError
+from .io import atomic_write_json, atomic_write_text
 
 SYLLABLES = "ka lo mi ra te su vin dor pel qua zen fi bo nu sha tri gle om ax ur".split()
 
@@ -75,62 +88,203 @@ def ppo_config(cfg: DictConfig, policy_dir: str, reward: dict, run_dir: Path) ->
         f"seed={cfg.seed}", f"ppo.iterations={b.iterations}", f"ppo.batch_size={b.batch_size}",
         f"ppo.minibatch_size={minibatch}", f"ppo.epochs={b.ppo_epochs}", f"generation.max_new_tokens={b.response_length}",
         f"generation.min_new_tokens={b.response_length}", "checkpoint.every=0", "log.progress=false", "log.samples_every=0",
+        f"value.shared={str(bool(b.shared_value)).lower()}", f"lora.r={b.lora_r}", f"bf16={str(bool(b.bf16)).lower()}",
+        "accelerate.cpu=" + ("null" if b.device == "auto" else "true"),
     ])  # fmt: skip
     ppo_cfg.reward = OmegaConf.create(reward)
     return ppo_cfg
 
 
-def bare_iteration_seconds(trainer, prompts: list[str]) -> float:
-    """The unavoidable model work of one iteration on the trainer's own models, nothing else."""
+def _capture_judge_inputs(trainer, prompts: list[str], texts: list[str]) -> list[tuple[torch.nn.Module, list[dict]]]:
+    """The exact tensors each reward model receives when the scorer judges ``texts`` (captured by a
+    forward pre-hook during one untimed scorer call), so the bare cost replays the same shapes."""
+    captured = []
+    handles = []
+    for category in trainer.scorer.categories:
+        model = getattr(category.judge, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            continue  # a rule-based judge has no model work
+        calls: list[dict] = []
+        captured.append((model, calls))
+        handles.append(model.register_forward_pre_hook(lambda _m, args, kwargs, calls=calls: calls.append(dict(kwargs)), with_kwargs=True))
+    try:
+        trainer.scorer(prompts, texts)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _cache_kwargs(out) -> dict:
+    """The KV cache of a model output, as the keyword the next forward call takes: transformers 5.x
+    names it ``cache``; earlier versions ``past_key_values``."""
+    if getattr(out, "cache", None) is not None:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
+@torch.no_grad()
+def bare_generate(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Sample exactly ``length`` tokens per row with a KV cache and nothing else (no logits processors,
+    no stopping criteria): the floor for the generate phase. (B, P) prompts -> (B, length) tokens."""
+    mask = query_mask.long()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = policy(input_ids=query_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    next_position = position_ids[:, -1:] + 1
+    tokens = []
+    ones = mask.new_ones(mask.shape[0], 1)
+    for _ in range(length):
+        token = torch.multinomial(torch.softmax(out.logits[:, -1].float(), dim=-1), 1)  # (B, 1)
+        tokens.append(token)
+        mask = torch.cat([mask, ones], dim=1)
+        out = policy(input_ids=token, attention_mask=mask, position_ids=next_position, use_cache=True, **_cache_kwargs(out))
+        next_position = next_position + 1
+    return torch.cat(tokens, dim=1)
+
+
+def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
+    """The unavoidable model work of one iteration on the trainer's own models, nothing else.
+
+    Returns seconds for ``generate`` (KV-cache sampling of the same number of tokens), ``forward`` (every
+    reward model on the exact inputs the scorer gives it, then policy, reference and value on the joint
+    (B, P + T) sequences) and ``update`` (forward, backward and optimizer step per minibatch and epoch, with
+    the LM head only over the response positions, as the trainer does), and their ``total``.
+    """
+    from .generation import encode_prompts
     from .rl.functional import logprobs_from_logits
-    from .rl.rollout import joint_inputs, sample_responses
+    from .rl.lora import adapters_disabled
+    from .rl.rollout import joint_inputs
 
     cfg = trainer.cfg
     policy = trainer.accelerator.unwrap_model(trainer.policy)
+    device = trainer.accelerator.device
     length = cfg.generation.max_new_tokens
-    # Inputs for the reward models, prepared outside the timed region.
+    query_ids, query_mask = encode_prompts(trainer.tokenizer, prompts, device)
+    policy.eval()
+    autocast = trainer.accelerator.autocast  # bf16 when the trainer uses it, as the trainer does
     started = time.perf_counter()
-    with torch.no_grad():
-        query_ids, query_mask, response_ids, response_mask = sample_responses(
-            policy, trainer.tokenizer, prompts, max_new_tokens=length, min_new_tokens=length
-        )
+    with autocast():
+        response_ids = bare_generate(policy, query_ids, query_mask, length)
     generate_seconds = time.perf_counter() - started
+    policy.train()
+    response_mask = torch.ones_like(response_ids, dtype=torch.bool)
+    # Reward-model inputs are prepared outside the timed region: tokenising text is not model work.
     texts = trainer.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    reward_inputs = []
-    for category in trainer.scorer.categories:
-        judge = category.judge
-        enc = judge.tokenizer([p + " " + t for p, t in zip(prompts, texts)], return_tensors="pt", padding=True, truncation=True, max_length=judge.max_length)
-        reward_inputs.append((judge.model, enc))
+    judge_inputs = _capture_judge_inputs(trainer, prompts, texts)
     ids, mask, position_ids = joint_inputs(query_ids, query_mask, response_ids, response_mask)
+    attention = mask.long()
+    T, P = length, query_ids.shape[1]
     started = time.perf_counter()
     with torch.no_grad():
-        for model, enc in reward_inputs:
-            model(**enc)
-        trainer.policy(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids)
-        trainer.reference(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids)
-        trainer.value(ids, mask.long(), position_ids)
+        for model, calls in judge_inputs:
+            for kwargs in calls:
+                model(**kwargs)
+    with torch.no_grad(), autocast():
+        policy(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
+        if trainer.reference is not None:
+            trainer.reference(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
+        else:  # LoRA: the reference is the policy with its adapters off
+            with adapters_disabled(policy):
+                policy(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
+        if not cfg.value.shared:
+            trainer.value(ids, attention, position_ids)
     forward_seconds = time.perf_counter() - started
-    B, mb, P = ids.shape[0], max(1, cfg.ppo.minibatch_size), query_ids.shape[1]
+    B, mb = ids.shape[0], max(1, min(cfg.ppo.minibatch_size, ids.shape[0]))
+    shared = bool(cfg.value.shared)
     started = time.perf_counter()
     for _ in range(cfg.ppo.epochs):
         for i in range(0, B, mb):
             rows = slice(i, i + mb)
-            logits = trainer.policy(input_ids=ids[rows], attention_mask=mask[rows].long(), position_ids=position_ids[rows]).logits
-            values = trainer.value(ids[rows], mask[rows].long(), position_ids[rows])
-            # the same tensor work as the PPO losses: token log-probs and a squared value error
-            logprobs = logprobs_from_logits(logits[:, P - 1 : -1], response_ids[rows])
-            loss = -logprobs.mean() + values[:, P - 1 : -1].pow(2).mean()
+            with autocast():
+                out = trainer.policy(input_ids=ids[rows], attention_mask=attention[rows], position_ids=position_ids[rows],
+                                     logits_to_keep=T + 1, output_hidden_states=shared)  # fmt: skip
+                logprobs = logprobs_from_logits(out.logits[:, :-1].float(), response_ids[rows])
+                if shared:
+                    values = trainer.value(out.hidden_states[-1][:, P - 1 : -1])
+                else:
+                    values = trainer.value(ids[rows], attention[rows], position_ids[rows])[:, P - 1 : -1]
+            # the same tensor work as the PPO losses, reduced to its cheapest form
+            loss = -logprobs.mean() + values.pow(2).mean()
             loss.backward()
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
     update_seconds = time.perf_counter() - started
-    return generate_seconds + forward_seconds + update_seconds
+    return {
+        "generate": generate_seconds, "forward": forward_seconds, "update": update_seconds,
+        "total": generate_seconds + forward_seconds + update_seconds,
+    }  # fmt: skip
+
+
+def check_bench_config(b: DictConfig) -> None:
+    """Bad overrides are user errors, not tracebacks from deep inside model construction."""
+    if b.mode not in ("holistic", "fine_grained"):
+        raise FinegrainedError(f"bench.mode={b.mode}: expected holistic or fine_grained")
+    for key in ("n_layer", "n_embd", "n_head", "vocab_size", "batch_size", "response_length", "ppo_epochs", "minibatches", "iterations"):
+        value = b.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise FinegrainedError(f"bench.{key}={value}: expected a positive integer")
+    if b.n_embd % b.n_head:
+        raise FinegrainedError(f"bench.n_embd={b.n_embd} is not divisible by bench.n_head={b.n_head}")
+    if b.minibatches > b.batch_size:
+        raise FinegrainedError(f"bench.minibatches={b.minibatches} exceeds bench.batch_size={b.batch_size}")
+    if b.vocab_size < 300:
+        raise FinegrainedError(f"bench.vocab_size={b.vocab_size}: a byte-level tokenizer needs at least 300 entries")
+    if b.get("device", "auto") not in ("auto", "cpu"):
+        raise FinegrainedError(f"bench.device={b.device}: expected auto (GPU when available) or cpu")
+    if b.get("lora_r", 0) < 0:
+        raise FinegrainedError(f"bench.lora_r={b.lora_r}: expected 0 (off) or a positive rank")
+    if b.get("bare_repeats", 0) < 0:
+        raise FinegrainedError(f"bench.bare_repeats={b.bare_repeats}: expected 0 or more")
+
+
+def profile_iteration(trainer, path: Path, top: int = 45) -> None:
+    """One more iteration under cProfile; the functions with the most own and cumulative time go to ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    trainer.run_iteration()
+    profiler.disable()
+    report = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        report.write(f"=== one PPO iteration, top {top} by {order} ===\n")
+        pstats.Stats(profiler, stream=report).sort_stats(order).print_stats(top)
+    atomic_write_text(path, report.getvalue())
+
+
+def model_state_mb(trainer) -> dict[str, float]:
+    """MB held by the weights of each model the trainer keeps and by the optimizer's state: the memory that
+    does not depend on batch size (activations do, and dominate peak RSS at small model sizes)."""
+    seen: set[int] = set()
+
+    def size(tensors) -> float:
+        total = 0
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:  # tied weights count once
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total / 2**20
+
+    unwrap = trainer.accelerator.unwrap_model
+    judges = [c.judge.model for c in trainer.scorer.categories if isinstance(getattr(c.judge, "model", None), torch.nn.Module)]
+    state = {
+        "policy": size(unwrap(trainer.policy).parameters()),
+        "reference": size(trainer.reference.parameters()) if trainer.reference is not None else 0.0,
+        "value": size(unwrap(trainer.value).parameters()),
+        "reward_models": size(p for model in judges for p in model.parameters()),
+        "optimizer": size(v for s in trainer.optimizer.state.values() for v in s.values()),
+    }
+    state["total"] = sum(state.values())
+    return state
 
 
 def run_bench(cfg: DictConfig) -> dict:
     from .rl.trainer import PHASES, build_trainer
 
     b = cfg.bench
+    check_bench_config(b)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="finegrained-bench-") as tmp:
@@ -139,6 +293,11 @@ def run_bench(cfg: DictConfig) -> dict:
         policy_dir, reward = build_models(b, root, cfg.seed)
         trainer = build_trainer(ppo_config(cfg, policy_dir, reward, root / "run"))
         iteration_seconds, phases = [], {p: [] for p in PHASES}
+        bare_runs: list[dict[str, float]] = []
+        # Bare measurements alternate with the last iterations so that both see the same machine load.
+        bare_after = set(range(max(1, b.iterations - b.bare_repeats), b.iterations)) if b.bare_repeats else set()
+        if b.bare_repeats and not bare_after:
+            bare_after = {0}
         for i in range(b.iterations):
             started = time.perf_counter()
             stats = trainer.run_iteration()
@@ -146,19 +305,29 @@ def run_bench(cfg: DictConfig) -> dict:
             for p in PHASES:
                 phases[p].append(stats[f"time/{p}"])
             log(f"[bench] iteration {i + 1}/{b.iterations}: {iteration_seconds[-1]:.2f} s")
-        timed = slice(1, None) if b.iterations > 1 else slice(None)
-        seconds = statistics.median(iteration_seconds[timed])
-        bare = None
-        if b.bare:
-            prompts = trainer.next_prompts()
-            bare = statistics.median(bare_iteration_seconds(trainer, prompts) for _ in range(2))
+            if i in bare_after:
+                bare_runs.append(bare_iteration_seconds(trainer, trainer.next_prompts()))
+                log(f"[bench] bare model work: {bare_runs[-1]['total']:.2f} s")
+        state_mb = model_state_mb(trainer)
+        if b.profile:
+            profile_iteration(trainer, out / "profile.txt")
+            log(f"[bench] wrote {out / 'profile.txt'}")
+    timed = slice(1, None) if b.iterations > 1 else slice(None)
+    seconds = statistics.median(iteration_seconds[timed])
+    phase_medians = {p: statistics.median(v[timed]) for p, v in phases.items()}
+    unphased = [total - sum(phases[p][i] for p in PHASES) for i, total in enumerate(iteration_seconds)]
+    bare = statistics.median(r["total"] for r in bare_runs) if bare_runs else None
     result = {
         "seconds_per_iteration": seconds,
         "iteration_seconds": iteration_seconds,
-        "phases": {p: statistics.median(v[timed]) for p, v in phases.items()},
+        "phases": phase_medians,
+        # wall time of an iteration outside every phase timer (decoding, bookkeeping, logging)
+        "unphased_seconds": statistics.median(unphased[timed]),
         "bare_seconds": bare,
+        "bare_phases": {k: statistics.median(r[k] for r in bare_runs) for k in ("generate", "forward", "update")} if bare_runs else None,
         "overhead_factor": seconds / bare if bare else None,
         "tokens_per_second": b.batch_size * b.response_length / seconds,
+        "model_state_mb": state_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
@@ -175,8 +344,12 @@ def main(argv: list[str]) -> int:
         return 0
     r = run_bench(cfg)
     phases = ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
-    print(f"seconds/iteration {r['seconds_per_iteration']:.3f} (bare {r['bare_seconds'] or float('nan'):.3f}, "
-          f"overhead x{r['overhead_factor'] or float('nan'):.2f}); {r['tokens_per_second']:.0f} tokens/s; peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
-    print(f"phases (s/iteration): {phases}")
+    bare = r["bare_seconds"]
+    overhead = f"bare {bare:.3f}, overhead x{r['overhead_factor']:.2f}" if bare else "bare not measured"
+    print(f"seconds/iteration {r['seconds_per_iteration']:.3f} ({overhead}); {r['tokens_per_second']:.0f} tokens/s; "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB; weights and optimizer state {r['model_state_mb']['total']:.0f} MB")  # fmt: skip
+    print(f"phases (s/iteration): {phases}; outside phases {r['unphased_seconds']:.3f}")
+    if r["bare_phases"]:
+        print("bare (s): " + ", ".join(f"{k} {v:.3f}" for k, v in r["bare_phases"].items()))
     log(f"[bench] wrote {Path(cfg.output_dir) / 'bench.json'}")
     return 0

@@ -21,3 +21,18 @@ def test_bench_writes_every_field(tmp_path, mode):
     assert set(result["phases"]) == {"generate", "segment", "score", "place", "ref_value_forward", "advantage", "update"}
     assert len(result["iteration_seconds"]) == 2
     assert result["config"]["bench"]["mode"] == mode
+
+
+def test_options_that_cut_the_work_show_in_model_state(tmp_path):
+    """LoRA drops the reference copy and most optimizer state; a shared value head drops the value trunk."""
+    results = {}
+    for name, options in (("default", []), ("cut", ["bench.lora_r=2", "bench.shared_value=true"])):
+        assert bench.main([f"output_dir={tmp_path / name}", *TINY, "bench.bare_repeats=1", *options]) == 0
+        results[name] = json.loads((tmp_path / name / "bench.json").read_text())
+    default, cut = results["default"]["model_state_mb"], results["cut"]["model_state_mb"]
+    assert default["reference"] == pytest.approx(default["policy"])  # a full frozen copy
+    assert cut["reference"] == 0
+    assert cut["value"] < default["value"] / 20  # a head, not a trunk
+    assert cut["optimizer"] < default["optimizer"] / 5  # Adam state of the adapters and the head only
+    assert cut["policy"] > default["policy"]  # the adapters add a little
+    assert results["cut"]["bare_seconds"] > 0
