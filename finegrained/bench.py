@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose, compose_from_argv, log, to_container
+from .config import compose, compose_from_argv, library_versions, log, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_text
 
@@ -328,6 +328,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "overhead_factor": seconds / bare if bare else None,
         "tokens_per_second": b.batch_size * b.response_length / seconds,
         "model_state_mb": state_mb,
+        "versions": library_versions(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],

@@ -73,3 +73,17 @@ def to_container(cfg: DictConfig) -> dict:
 def log(message: str) -> None:
     """Progress messages go to stderr so stdout stays for tables and machine-readable output."""
     print(message, file=sys.stderr, flush=True)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on (tokenizer training and initialisation change with
+    them), recorded next to demo and benchmark results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("finegrained", "torch", "transformers", "tokenizers", "accelerate", "spacy", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .config import compose_from_argv, log, to_container
+from .config import compose_from_argv, library_versions, log, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_jsonl
 
@@ -252,6 +252,7 @@ def run_demo(cfg: DictConfig) -> dict:
         "policies": policies,
         "verdict": verdict(policies),
         "seconds": time.perf_counter() - started,
+        "versions": library_versions(),
         "config": to_container(cfg),
     }
     plots = write_plots(out, seeds)

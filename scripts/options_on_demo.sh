@@ -26,6 +26,7 @@ declare -A options=(
     [lora8]="ppo.lr=1e-3 lora.r=8"
     [lora8_shared]="ppo.lr=1e-3 lora.r=8 value.shared=true"
 )
+mkdir -p "$DEMO/options"
 policies=("policies.sft=$DEMO/sft/final" "policies.fine_grained=$DEMO/ppo/fine_grained-seed$SEED/final")
 for name in shared_value lora8 lora8_shared; do
     run="$DEMO/options/$name-seed$SEED"

@@ -15,6 +15,7 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == [0]
+    assert {"torch", "transformers", "tokenizers"} <= set(results["versions"])
     assert results["episodes"] == 3 * 16
     assert set(results["policies"]) == {"sft", "holistic", "fine_grained"}
     for policy in results["policies"].values():
