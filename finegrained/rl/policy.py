@@ -3,7 +3,8 @@
 - The policy is any HF causal LM (``policy.name_or_path``: a directory or hub id) or a tiny GPT-2 built
   from config with a tokenizer trained on the task's prompts. A tiny policy is saved once to
   ``output_dir/initial_policy/`` so that a resumed run rebuilds the same reference and tokenizer.
-- The reference policy is a frozen copy of the initial policy (eval mode, no gradients).
+- The reference policy is a frozen copy of the initial policy (eval mode, no gradients); with LoRA
+  (``lora.r > 0``, ``finegrained.rl.lora``) it is instead the policy itself with its adapters switched off.
 - The value model is either separate (``value.shared=false``: the policy's trunk copied, or a reward-model
   backbone directory, plus a scalar head) or a scalar head on the policy's own trunk (``value.shared=true``).
 """
