@@ -309,7 +309,7 @@ def _as_schema(schema: AnnotationSchema | str | Path) -> AnnotationSchema:
     return schema if isinstance(schema, AnnotationSchema) else load_schema(schema)
 
 
-def _read_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]] | None:
+def read_nonblank_lines(path: Path, problems: list[Problem]) -> list[tuple[int, str]] | None:
     """``(line_number, text)`` of every non-blank line, or ``None`` when the file cannot be read.
 
     Reads bytes and splits on ``\\n`` only, so line numbers are the ones an editor shows and a ``\\r\\n``
@@ -347,7 +347,7 @@ def inspect_file(path: str | Path, schema: AnnotationSchema | str | Path) -> Fil
     path = Path(path)
     file = str(path)
     problems: list[Problem] = []
-    lines = _read_lines(path, problems)
+    lines = read_nonblank_lines(path, problems)
     report = FileReport(file, None, [], problems)
     if lines is None:
         return report

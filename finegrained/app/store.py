@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..data import LOAD_MAX_PROBLEMS, describe_json_value, inspect_file, validate_record
+from ..data import LOAD_MAX_PROBLEMS, describe_json_value, inspect_file, read_nonblank_lines, validate_record
 from ..errors import InputError, Problem
 from ..io import atomic_write_jsonl
 from ..schema import AnnotationSchema
@@ -97,22 +97,13 @@ def load_items(path: str | Path, schema: AnnotationSchema) -> list[Item]:
     """
     path = Path(path)
     file = str(path)
-    if not path.is_file():
-        raise InputError("no such file" if not path.exists() else "is not a file", file=path)
     problems: list[Problem] = []
+    lines = read_nonblank_lines(path, problems)
+    if lines is None:
+        raise InputError(problems)
     items: list[Item] = []
     first_line_of_id: dict[str, int] = {}
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(Problem(file, number, f"not valid UTF-8 (byte {e.start + 1} of the line)"))
-            continue
-        if not text.strip():
-            continue
+    for number, text in lines:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
