@@ -62,7 +62,7 @@ def test_add_adapters_targets_and_errors():
 
     tok = train_tokenizer(["a b c d e f g"] * 20, vocab_size=300)
     model = tiny_causal_lm(tok, n_layer=2, n_embd=32, seed=0)
-    names = add_adapters(model, r=2, alpha=4, targets=["c_attn"])
+    names = add_adapters(model, r=2, alpha=4, targets="c_attn")  # one name, as lora.targets=c_attn gives it
     assert names == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     with pytest.raises(FinegrainedError, match="matched no module"):

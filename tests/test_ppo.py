@@ -85,11 +85,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_over_gloo_hold_identical_weights(tmp_path):
+@pytest.mark.parametrize("options", [[], ["lora.r=2"]], ids=["full", "lora"])
+def test_two_processes_over_gloo_hold_identical_weights(tmp_path, options):
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", "experiment=smoke", "accelerate.cpu=true",
-         "ppo.iterations=1", "checkpoint.every=0", f"output_dir={tmp_path}", "log.progress=false"],  # fmt: skip
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", "experiment=smoke", "accelerate.cpu=true",
+         "ppo.iterations=1", "checkpoint.every=0", f"output_dir={tmp_path}", "log.progress=false", *options],  # fmt: skip
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

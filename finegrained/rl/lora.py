@@ -81,6 +81,8 @@ def add_adapters(model: nn.Module, r: int, alpha: float, dropout: float = 0.0, t
     """
     if r < 1:
         raise FinegrainedError(f"lora.r={r}: expected a positive rank (0 switches LoRA off)")
+    if isinstance(targets, str):  # lora.targets=c_attn on the command line
+        targets = [targets]
     head = _output_head(model)
     chosen = []
     for name, module in model.named_modules():
