@@ -3,12 +3,13 @@
 #
 #   scripts/bench_compare.sh                       reference size: GPT-2 6 x 384, vocab 8192, batch 16, 64 tokens, 4 epochs
 #   FG_ARGS="bench.bf16=true" TRL_ARGS="--bf16" scripts/bench_compare.sh          both with bf16 autocast
+#   FG_ARGS="bench.lora_r=8" TRL_ARGS="--lora-r 8" scripts/bench_compare.sh       both with LoRA r=8 (trl via peft)
 #   ROUNDS=1 ITERATIONS=3 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=2048 BATCH=8 LENGTH=32 EPOCHS=2 scripts/bench_compare.sh
 #
 # Each round runs `finegrained bench` (holistic mode) then the peer, ITERATIONS iterations each; the first
 # iteration of every run is a warm-up. Prints the median seconds per iteration of each over all rounds and
 # their ratio, and writes OUT/compare.json. trl is installed in its own venv ($TRL_VENV, made on first use:
-# torch 2.13.0 CPU, then trl 1.12.0 with the transformers pip picks), never into the project's.
+# torch 2.13.0 CPU, then trl 1.12.0 and peft with the transformers pip picks), never into the project's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,11 +29,11 @@ FG_ARGS=${FG_ARGS:-}         # extra finegrained bench overrides, e.g. "bench.bf
 TRL_ARGS=${TRL_ARGS:-}       # e.g. "--bf16 --gradient-checkpointing" for trl's own PPOConfig defaults
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-if [ ! -x "$TRL_VENV/bin/python" ] || ! "$TRL_VENV/bin/python" -c "import trl.experimental.ppo" 2>/dev/null; then
+if [ ! -x "$TRL_VENV/bin/python" ] || ! "$TRL_VENV/bin/python" -c "import trl.experimental.ppo, peft" 2>/dev/null; then
     echo "[compare] installing trl 1.12.0 into $TRL_VENV" >&2
     python3 -m venv "$TRL_VENV"
     "$TRL_VENV/bin/pip" install -q torch==2.13.0
-    "$TRL_VENV/bin/pip" install -q trl==1.12.0
+    "$TRL_VENV/bin/pip" install -q trl==1.12.0 peft
 fi
 
 mkdir -p "$OUT"

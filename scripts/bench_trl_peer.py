@@ -119,9 +119,18 @@ def run(args: argparse.Namespace) -> dict:
         def on_step_end(self, *_, **__):
             marks.append(time.perf_counter())
 
+    peft_config = None
+    if args.lora_r:
+        # trl's own LoRA path (peft): no reference copy, the reference is the policy with its adapter disabled.
+        # The same layers as finegrained's lora.r (every linear layer of the blocks, not the tied output head).
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"],
+                                 fan_in_fan_out=True, task_type="CAUSAL_LM")  # fmt: skip
+        reference = None
     trainer = PPOTrainer(
         args=ppo_args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
-        train_dataset=dataset, value_model=value, callbacks=[IterationClock()],
+        train_dataset=dataset, value_model=value, callbacks=[IterationClock()], peft_config=peft_config,
     )  # fmt: skip
     trainer.train()
     iteration_seconds = [b - a for a, b in zip(marks, marks[1:])]
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ppo-epochs", type=int, default=4)
     r.add_argument("--iterations", type=int, default=5)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--lora-r", type=int, default=0, help="LoRA rank through peft (0: full fine-tuning); needs peft")
     r.add_argument("--bf16", action="store_true", help="trl's own default; off here to match finegrained's fp32")
     r.add_argument("--gradient-checkpointing", action="store_true",
                    help="trl's own default; off here to match finegrained's default")  # fmt: skip
