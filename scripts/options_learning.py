@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the per-seed results here")
     args = parser.parse_args()
     results = {name: [run(overrides, seed, args.iterations) for seed in args.seeds] for name, overrides in VARIANTS.items()}
-    print(f"| variant | reward, first 2 iterations | reward, last 2 | gain (per seed) | KL at end | s/iteration |")
+    print("| variant | reward, first 2 iterations | reward, last 2 | gain (per seed) | KL at end | s/iteration |")
     print("| --- | ---: | ---: | --- | ---: | ---: |")
     for name, runs in results.items():
         gains = ", ".join(f"{r['last'] - r['first']:+.3f}" for r in runs)
