@@ -21,7 +21,8 @@ config, runs ``bench.iterations`` PPO iterations with fixed-length responses, an
 
 ``bench.profile=true`` runs one more iteration under cProfile and writes ``output_dir/profile.txt``.
 ``bench.shared_value=true`` (value head on the policy's trunk), ``bench.lora_r=R`` (LoRA adapters, reference =
-adapters off) and ``bench.bf16=true`` (bf16 autocast) measure the options that cut the work; the bare cost
+adapters off), ``bench.shared_rm=true`` (fine-grained: one reward model backbone with a head per category,
+one forward pass for all three) and ``bench.bf16=true`` (bf16 autocast) measure the options that cut the work; the bare cost
 then uses the same models and precision. ``scripts/bench_compare.sh`` runs this side by side with trl's
 PPOTrainer; ``scripts/bench_scaling.sh`` makes the README's scaling table.
 """
@@ -71,6 +72,14 @@ def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
     schema = load_schema("synthetic_qa")
     names = ["holistic"] if b.mode == "holistic" else ["relevance", "factuality", "completeness"]
     categories = {}
+    if b.get("shared_rm", False) and b.mode == "fine_grained":
+        from .rewards.train_joint import init_joint_reward_model_dir
+
+        directory = init_joint_reward_model_dir(
+            [schema.category(n) for n in names], root / "rm-joint", tokenizer, n_layer=b.n_layer, hidden=b.n_embd,
+            n_head=b.n_head, max_length=512, segmentation=schema.segmentation, seed=seed,
+        )  # fmt: skip
+        return str(policy_dir), {"span_mode": "hard", "categories": {n: {"model": str(directory), "weight": 1.0} for n in names}}
     for name in names:
         directory = init_reward_model_dir(
             schema.category(name), root / f"rm-{name}", tokenizer, n_layer=b.n_layer, hidden=b.n_embd,
@@ -100,10 +109,12 @@ def _capture_judge_inputs(trainer, prompts: list[str], texts: list[str]) -> list
     forward pre-hook during one untimed scorer call), so the bare cost replays the same shapes."""
     captured = []
     handles = []
+    seen: set[int] = set()
     for category in trainer.scorer.categories:
         model = getattr(category.judge, "model", None)
-        if not isinstance(model, torch.nn.Module):
-            continue  # a rule-based judge has no model work
+        if not isinstance(model, torch.nn.Module) or id(model) in seen:
+            continue  # a rule-based judge has no model work; a joint model's categories share one
+        seen.add(id(model))
         calls: list[dict] = []
         captured.append((model, calls))
         handles.append(model.register_forward_pre_hook(lambda _m, args, kwargs, calls=calls: calls.append(dict(kwargs)), with_kwargs=True))
@@ -233,6 +244,8 @@ def check_bench_config(b: DictConfig) -> None:
         raise FinegrainedError(f"bench.device={b.device}: expected auto (GPU when available) or cpu")
     if b.get("lora_r", 0) < 0:
         raise FinegrainedError(f"bench.lora_r={b.lora_r}: expected 0 (off) or a positive rank")
+    if b.get("shared_rm", False) and b.mode != "fine_grained":
+        raise FinegrainedError("bench.shared_rm=true needs bench.mode=fine_grained (holistic has one reward model)")
     if b.get("bare_repeats", 0) < 0:
         raise FinegrainedError(f"bench.bare_repeats={b.bare_repeats}: expected 0 or more")
 

@@ -7,9 +7,12 @@ an interrupted demo resumes where it stopped):
 2. ``annotations/``  sample answers from the SFT policy, annotate them with the simulated annotators
                      (error spans, completeness and holistic preferences), split by prompt into train/eval;
 3. ``rm/<category>`` one reward model per category: relevance, factuality (span), completeness, holistic
-                     (preference);
+                     (preference); with ``shared_rm=true`` also ``rm/joint``: relevance, factuality and
+                     completeness on one shared backbone;
 4. ``ppo/<method>-seed<s>``  fine-grained PPO (three reward models, per-segment rewards) and holistic
                      PPO (one preference model at EOS), same SFT start, same iterations and episodes;
+                     with ``shared_rm=true`` also ``fine_grained_shared`` (fine-grained PPO judged by
+                     ``rm/joint``);
 5. ``eval/seed<s>``  every policy evaluated by the task's oracle on held-out prompts;
 6. ``results.json``, ``*.png``, a printed table (what the oracle measured, nothing else).
 
@@ -38,6 +41,13 @@ evaluation on the built-in task; writes output_dir/results.json, PNG plots and t
 SPAN_CATEGORIES = ("relevance", "factuality")
 PREFERENCE_CATEGORIES = ("completeness", "holistic")
 METHODS = ("fine_grained", "holistic")
+SHARED_METHOD = "fine_grained_shared"
+JOINT_CATEGORIES = ("relevance", "factuality", "completeness")
+
+
+def methods(cfg: DictConfig) -> tuple[str, ...]:
+    """The PPO runs of this demo: fine-grained and holistic, plus the shared-backbone run when asked."""
+    return (*METHODS, SHARED_METHOD) if cfg.get("shared_rm", False) else METHODS
 
 
 def seed_list(seeds) -> list[int]:
@@ -143,15 +153,32 @@ def stage_reward_models(cfg: DictConfig, out: Path, files: dict[str, Path]) -> d
                 f"reward model for {category}",
             )  # fmt: skip
         dirs[category] = target
+    if cfg.get("shared_rm", False):
+        target = out / "rm" / "joint"
+        if not (target / "finegrained.json").is_file():
+            held_out = {k: files[f"{k}_eval"] for k in ("spans", "completeness")}
+            run_command(
+                train_rm.main,
+                [
+                    f"schema={cfg.schema}", f"categories=[{','.join(JOINT_CATEGORIES)}]", "model=tiny",
+                    f"data.train={files['spans_train']}", f"data.preferences={files['completeness_train']}",
+                    f"data.eval={held_out['spans'] if held_out['spans'].stat().st_size else 'null'}",
+                    f"data.eval_preferences={held_out['completeness'] if held_out['completeness'].stat().st_size else 'null'}",
+                    f"output_dir={target}", "seed=0", *cfg.rm_overrides,
+                ],
+                "one reward model for relevance, factuality and completeness on a shared backbone",
+            )  # fmt: skip
+        dirs["joint"] = target
     return dirs
 
 
 # 4. PPO -----------------------------------------------------------------------------------------------
 def ppo_overrides(cfg: DictConfig, method: str, rm_dirs: dict[str, Path], policy_dir: Path) -> list[str]:
-    if method == "fine_grained":
+    if method in ("fine_grained", SHARED_METHOD):
         reward = ["reward=fine_grained", f"reward.span_mode={cfg.span_mode}"]
         for category, weight in cfg.weights.items():
-            reward += [f"reward.categories.{category}.model={rm_dirs[category]}", f"reward.categories.{category}.weight={weight}"]
+            model = rm_dirs["joint"] if method == SHARED_METHOD else rm_dirs[category]
+            reward += [f"reward.categories.{category}.model={model}", f"reward.categories.{category}.weight={weight}"]
     else:
         reward = ["reward=holistic", f"reward.categories.holistic.model={rm_dirs['holistic']}",
                   f"reward.categories.holistic.weight={cfg.holistic_weight}"]  # fmt: skip
@@ -181,7 +208,10 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
     from . import evaluate
 
     eval_dir = out / "eval" / f"seed{seed}"
-    if not (eval_dir / "eval.json").is_file():
+    done = eval_dir / "eval.json"
+    # Re-evaluated when a policy was added (shared_rm=true after a plain demo); each policy samples with
+    # the same seed, so the earlier policies' figures do not change.
+    if not done.is_file() or set(policies) - set(json.loads(done.read_text(encoding="utf-8"))["policies"]):
         run_command(
             evaluate.main,
             [f"output_dir={eval_dir}", f"seed={seed}", f"n_prompts={cfg.n_eval_prompts}", "reference=sft",
@@ -222,16 +252,21 @@ def verdict(policies: dict[str, dict]) -> str:
         + (" (as Wu et al. 2023 found)" if fg_wins == n else "; the expected result did NOT appear on every seed"),
         f"fine-grained PPO has a lower total error rate than the SFT policy on {rl_wins} of {n} seed(s)",
     ]
+    if SHARED_METHOD in policies:
+        shared = policies[SHARED_METHOD]["per_seed_total_error_rate"]
+        lines.append(
+            f"with the shared-backbone reward model: total error rate {policies[SHARED_METHOD]['total_error_rate']:.3f} "
+            f"vs {policies['fine_grained']['total_error_rate']:.3f} with separate reward models (lower on "
+            f"{sum(a < b for a, b in zip(shared, fg))} of {n} seed(s)), below holistic on {sum(a < h for a, h in zip(shared, hol))} of {n}"
+        )
     return "\n".join(lines)
 
 
-def write_plots(out: Path, seeds: list[int]) -> list[Path]:
+def write_plots(out: Path, seeds: list[int], runs: tuple[str, ...] = METHODS) -> list[Path]:
     """Per-category training curves (reward-model judgements logged by PPO), fine-grained vs holistic."""
     from .plots import plot_training_curves
 
-    return plot_training_curves(
-        {method: [out / "ppo" / f"{method}-seed{s}" for s in seeds] for method in METHODS}, out
-    )
+    return plot_training_curves({method: [out / "ppo" / f"{method}-seed{s}" for s in seeds] for method in runs}, out)
 
 
 def run_demo(cfg: DictConfig) -> dict:
@@ -243,19 +278,19 @@ def run_demo(cfg: DictConfig) -> dict:
     rm_dirs = stage_reward_models(cfg, out, files)
     per_seed = {}
     for seed in seeds:
-        finals = {m: stage_ppo(cfg, out, seed, m, rm_dirs, policy_dir) for m in METHODS}
+        finals = {m: stage_ppo(cfg, out, seed, m, rm_dirs, policy_dir) for m in methods(cfg)}
         per_seed[seed] = stage_evaluate(cfg, out, seed, {"sft": policy_dir, **finals})
     policies = aggregate(per_seed)
     results = {
         "seeds": seeds,
-        "episodes": episodes_per_run(out, seeds),
+        "episodes": episodes_per_run(out, seeds, methods(cfg)),
         "policies": policies,
         "verdict": verdict(policies),
         "seconds": time.perf_counter() - started,
         "versions": library_versions(),
         "config": to_container(cfg),
     }
-    plots = write_plots(out, seeds)
+    plots = write_plots(out, seeds, methods(cfg))
     results["plots"] = [p.name for p in plots]
     atomic_write_json(out / "results.json", results)
     from .evaluate import format_table
@@ -269,12 +304,12 @@ def run_demo(cfg: DictConfig) -> dict:
     return results
 
 
-def episodes_per_run(out: Path, seeds: list[int]) -> int:
+def episodes_per_run(out: Path, seeds: list[int], runs: tuple[str, ...] = METHODS) -> int:
     """Episodes (sampled responses) each PPO run trained on, read from its saved config."""
     from omegaconf import OmegaConf
 
     counts = set()
-    for method in METHODS:
+    for method in runs:
         for s in seeds:
             run_cfg = OmegaConf.load(out / "ppo" / f"{method}-seed{s}" / "config.yaml")
             counts.add(int(run_cfg.ppo.iterations) * int(run_cfg.ppo.batch_size))

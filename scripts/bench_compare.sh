@@ -4,9 +4,10 @@
 #   scripts/bench_compare.sh                       reference size: GPT-2 6 x 384, vocab 8192, batch 16, 64 tokens, 4 epochs
 #   FG_ARGS="bench.bf16=true" TRL_ARGS="--bf16" scripts/bench_compare.sh          both with bf16 autocast
 #   FG_ARGS="bench.lora_r=8" TRL_ARGS="--lora-r 8" scripts/bench_compare.sh       both with LoRA r=8 (trl via peft)
+#   FG_ARGS="bench.mode=fine_grained bench.shared_rm=true" scripts/bench_compare.sh   three categories on one reward backbone vs trl holistic
 #   ROUNDS=1 ITERATIONS=3 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=2048 BATCH=8 LENGTH=32 EPOCHS=2 scripts/bench_compare.sh
 #
-# Each round runs `finegrained bench` (holistic mode) then the peer, ITERATIONS iterations each; the first
+# Each round runs `finegrained bench` (holistic mode unless FG_ARGS says otherwise) then the peer, ITERATIONS iterations each; the first
 # iteration of every run is a warm-up. Prints the median seconds per iteration of each over all rounds and
 # their ratio, and writes OUT/compare.json. trl is installed in its own venv ($TRL_VENV, made on first use:
 # torch 2.13.0 CPU, then trl 1.12.0 and peft with the transformers pip picks), never into the project's.

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finegrained import bench
+from finegrained.errors import FinegrainedError
 
 TINY = ["bench.n_layer=1", "bench.n_embd=32", "bench.n_head=2", "bench.vocab_size=400", "bench.batch_size=2",
         "bench.response_length=8", "bench.iterations=2", "bench.ppo_epochs=1"]  # fmt: skip
@@ -36,3 +37,18 @@ def test_options_that_cut_the_work_show_in_model_state(tmp_path):
     assert cut["optimizer"] < default["optimizer"] / 5  # Adam state of the adapters and the head only
     assert cut["policy"] > default["policy"]  # the adapters add a little
     assert results["cut"]["bare_seconds"] > 0
+
+
+def test_shared_reward_model_backbone_cuts_reward_model_state(tmp_path):
+    """Fine-grained with one reward-model backbone for three categories: a third of the weights."""
+    results = {}
+    for shared in ("false", "true"):
+        out = tmp_path / shared
+        assert bench.main([f"output_dir={out}", *TINY, "bench.mode=fine_grained", f"bench.shared_rm={shared}"]) == 0
+        results[shared] = json.loads((out / "bench.json").read_text())
+    separate, joint = results["false"]["model_state_mb"], results["true"]["model_state_mb"]
+    assert joint["reward_models"] < separate["reward_models"] / 2.5
+    assert joint["policy"] == pytest.approx(separate["policy"])
+    assert results["true"]["bare_seconds"] > 0 and results["true"]["phases"]["score"] > 0
+    with pytest.raises(FinegrainedError, match="bench.shared_rm"):
+        bench.main([f"output_dir={tmp_path / 'bad'}", *TINY, "bench.mode=holistic", "bench.shared_rm=true"])

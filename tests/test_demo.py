@@ -33,3 +33,16 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert "fine-grained PPO has a lower oracle total error rate than holistic PPO on" in capsys.readouterr().out
     # a second call finds every stage complete and only re-aggregates
     assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    # shared_rm=true on the finished demo adds a reward model on one backbone and a PPO run judged by it,
+    # and re-evaluates; the earlier policies' figures do not move (each policy samples with the same seed)
+    capsys.readouterr()
+    assert demo.main(["quick", f"output_dir={tmp_path}", "shared_rm=true"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert set(again["policies"]) == {"sft", "holistic", "fine_grained", "fine_grained_shared"}
+    for name in ("sft", "holistic", "fine_grained"):
+        assert again["policies"][name]["total_error_rate"] == results["policies"][name]["total_error_rate"]
+    metadata = json.loads((tmp_path / "rm" / "joint" / "finegrained.json").read_text())
+    assert metadata["kind"] == "joint" and list(metadata["categories"]) == ["relevance", "factuality", "completeness"]
+    run_config = (tmp_path / "ppo" / "fine_grained_shared-seed0" / "config.yaml").read_text()
+    assert run_config.count(str(tmp_path / "rm" / "joint")) == 3
+    assert "with the shared-backbone reward model" in capsys.readouterr().out

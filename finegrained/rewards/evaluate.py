@@ -22,7 +22,8 @@ SCHEMA_COPY = "schema.yaml"
 USAGE = """usage: finegrained eval-rm model=<reward model dir> data=<jsonl> [output_dir=<dir>] [batch_size=N]
 
 Scores the reward model on an annotated file of its category (span JSONL for span models, preference
-JSONL for preference models) and writes metrics.json (default: <model>/eval/<data stem>/)."""
+JSONL for preference models) and writes metrics.json (default: <model>/eval/<data stem>/). A joint model
+(train-rm categories=[...]) is scored on every one of its categories the file holds, as <category>/<metric>."""
 
 
 def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample], threshold: float = 0.5) -> dict:
@@ -83,6 +84,8 @@ def evaluate_model_dir(model_dir: str | Path, data: str | Path, schema: str | No
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     annotation_schema = load_schema_for_model(model_dir, schema)
+    if metadata.get("kind") == "joint":
+        return evaluate_joint_model_dir(model_dir, metadata, data, annotation_schema, batch_size, device)
     try:
         category = annotation_schema.category(metadata["category"])
     except KeyError as e:
@@ -96,6 +99,42 @@ def evaluate_model_dir(model_dir: str | Path, data: str | Path, schema: str | No
         )
         return evaluate_span_judge(judge, examples)
     return evaluate_preference_judge(judge, load_preference_pairs(data, annotation_schema, category))
+
+
+def evaluate_joint_model_dir(model_dir: Path, metadata: dict, data: str | Path, annotation_schema, batch_size: int,
+                             device=None) -> dict:
+    """Metrics of every category of a joint reward model that ``data`` holds, as ``<category>/<metric>``.
+
+    A span file scores every span category; a preference file every preference category it has records of.
+    """
+    from ..data import cap_problems, inspect_file
+    from ..errors import InputError
+
+    if not Path(data).is_file():
+        raise FinegrainedError(f"{data}: no such data file")
+    report = inspect_file(data, annotation_schema)
+    if report.problems:
+        raise InputError(cap_problems(report.problems, 20, report.path))
+    kind = report.kind
+    judge = load_judge(model_dir, device=device, batch_size=batch_size)
+    if kind == "preference":
+        present = {r.category for r in report.records}
+        names = [n for n, c in judge.categories.items() if c["kind"] == "preference" and n in present]
+    else:
+        names = [n for n, c in judge.categories.items() if c["kind"] == "span"]
+    if not names:
+        raise FinegrainedError(f"{data}: holds no records of the categories of {model_dir} ({', '.join(judge.categories)})")
+    metrics: dict = {}
+    for name in names:
+        category = annotation_schema.category(name)
+        view = judge.view(name)
+        if kind == "preference":
+            found = evaluate_preference_judge(view, load_preference_pairs(data, annotation_schema, category))
+        else:
+            found = evaluate_span_judge(view, load_span_examples(
+                data, annotation_schema, category, judge.segmentation, int(metadata.get("min_overlap_words", 1))))
+        metrics.update({f"{name}/{k}": v for k, v in found.items()})
+    return metrics
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,8 @@ pass under ``torch.inference_mode``; there is no per-sample loop over the model.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,33 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         raise FinegrainedError(f"{path}: unreadable metadata: {e}") from None
 
 
-class RewardModelJudge:
+@contextmanager
+def judging(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.inference_mode`` for the block; the model's train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class JudgeCall:
+    """``judge(prompts, completions, segments)`` for span judges, ``judge(prompts, completions)`` for
+    sequence judges, dispatched on ``self.kind`` to ``score_segments`` / ``score_sequences``."""
+
+    kind: str
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], segments=None):
+        if self.kind == "span":
+            if segments is None:
+                raise TypeError(f"{self!r} is a span judge: call it with (prompts, completions, segments)")
+            return self.score_segments(prompts, completions, segments)
+        return self.score_sequences(prompts, completions)
+
+
+class RewardModelJudge(JudgeCall):
     """A trained reward model as a judge.
 
     Attributes (from ``finegrained.json``): ``category``, ``granularity``, ``kind`` (``span`` or
@@ -80,13 +107,6 @@ class RewardModelJudge:
     def __repr__(self) -> str:
         return f"RewardModelJudge(category={self.category!r}, kind={self.kind!r}, granularity={self.granularity!r})"
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], segments=None):
-        if self.kind == "span":
-            if segments is None:
-                raise TypeError(f"{self!r} is a span judge: call it with (prompts, completions, segments)")
-            return self.score_segments(prompts, completions, segments)
-        return self.score_sequences(prompts, completions)
-
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids.to(self.device)}
         return self.model(
@@ -113,21 +133,16 @@ class RewardModelJudge:
             windows.extend(encoded)
             owners.extend([i] * len(encoded))
         result = [[0.0] * len(s) for s in segments]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, len(windows), self.batch_size):
-                    batch = pad_windows(windows[lo : lo + self.batch_size], self.pad_id)
-                    types = batch.token_type_ids if self.segment_types else None
-                    logits = self._forward(batch.input_ids, batch.attention_mask, types)  # (B, L, 2)
-                    for window, owner, probs in zip(
-                        batch.windows, owners[lo : lo + self.batch_size], marker_error_probabilities(logits, batch)
-                    ):
-                        for seg, p in zip(window.segment_indices, probs):
-                            result[owner][seg] = float(p)
-        finally:
-            self.model.train(was_training)
+        with judging(self.model):
+            for lo in range(0, len(windows), self.batch_size):
+                batch = pad_windows(windows[lo : lo + self.batch_size], self.pad_id)
+                types = batch.token_type_ids if self.segment_types else None
+                logits = self._forward(batch.input_ids, batch.attention_mask, types)  # (B, L, 2)
+                for window, owner, probs in zip(
+                    batch.windows, owners[lo : lo + self.batch_size], marker_error_probabilities(logits, batch)
+                ):
+                    for seg, p in zip(window.segment_indices, probs):
+                        result[owner][seg] = float(p)
         return result
 
     def score_sequences(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
@@ -138,25 +153,26 @@ class RewardModelJudge:
             self.tokenizer, self.layout, list(prompts) if self.uses_context else None, list(completions), self.max_length
         )
         scores: list[float] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, len(encoded), self.batch_size):
-                    input_ids, mask = pad_sequences([e.input_ids for e in encoded[lo : lo + self.batch_size]], self.pad_id)
-                    logits = self._forward(input_ids, mask)  # (B, 1)
-                    scores.extend(logits[:, 0].float().cpu().tolist())
-        finally:
-            self.model.train(was_training)
+        with judging(self.model):
+            for lo in range(0, len(encoded), self.batch_size):
+                input_ids, mask = pad_sequences([e.input_ids for e in encoded[lo : lo + self.batch_size]], self.pad_id)
+                logits = self._forward(input_ids, mask)  # (B, 1)
+                scores.extend(logits[:, 0].float().cpu().tolist())
         return scores
 
 
-def load_judge(model_dir: str | Path, device=None, batch_size: int = 32) -> RewardModelJudge:
-    """Load a reward-model directory written by ``finegrained train-rm`` (or ``init_reward_model_dir``)."""
+def load_judge(model_dir: str | Path, device=None, batch_size: int = 32):
+    """Load a reward-model directory written by ``finegrained train-rm`` (or ``init_reward_model_dir``).
+
+    Returns a ``RewardModelJudge``, or a ``joint_model.JointJudge`` for a directory holding several
+    categories on one backbone (``kind: joint``).
+    """
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     metadata = read_metadata(model_dir)
     device = torch.device(device) if device is not None else default_device()
+    if metadata.get("kind") == "joint":
+        return _load_joint_judge(model_dir, metadata, device, batch_size)
     auto = AutoModelForTokenClassification if metadata["kind"] == "span" else AutoModelForSequenceClassification
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -165,3 +181,17 @@ def load_judge(model_dir: str | Path, device=None, batch_size: int = 32) -> Rewa
         raise FinegrainedError(f"{model_dir}: cannot load the reward model: {e}") from None
     model.to(device).eval()
     return RewardModelJudge(model, tokenizer, metadata, device=device, batch_size=batch_size)
+
+
+def _load_joint_judge(model_dir: str | Path, metadata: dict[str, Any], device: torch.device, batch_size: int):
+    from transformers import AutoTokenizer
+
+    from .joint_model import JointJudge, load_joint_model
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = load_joint_model(model_dir, metadata)
+    except OSError as e:
+        raise FinegrainedError(f"{model_dir}: cannot load the reward model: {e}") from None
+    model.to(device).eval()
+    return JointJudge(model, tokenizer, metadata, device=device, batch_size=batch_size)

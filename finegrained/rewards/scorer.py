@@ -23,6 +23,15 @@ Reward config::
       short:        {kind: preference, granularity: sequence, weight: 0.5, normalisation: {mean: 0, std: 1},
                      judge: {_target_: finegrained.rewards.rule_based.target_length, target_words: 40}}
 
+Categories on one shared backbone (a joint reward model, ``train-rm categories=[...]``) name the same
+directory; each entry's key must be one of the model's categories. The directory is loaded once and
+judges all of its categories in one forward pass per batch::
+
+    categories:
+      relevance:    {model: outputs/rm/joint, weight: 0.3}
+      factuality:   {model: outputs/rm/joint, weight: 0.5}
+      completeness: {model: outputs/rm/joint, weight: 0.3}
+
 A category whose ``model`` is explicitly null/empty, or whose ``weight`` is 0, is skipped (listed in
 ``RewardScorer.skipped``), so a reward config can list categories that an override fills in or switches
 off; ``model: ???`` (Hydra's "must be set") is an error naming the key to set. Model categories take
@@ -133,8 +142,13 @@ def _normalisation(where: str, raw) -> tuple[float, float]:
     return mean, std
 
 
-def _build_category(name: str, entry, default_mode: str, segmentation: SegmentationConfig, device) -> CategoryScorer | None:
-    """The scorer of one config entry, or None when the entry is switched off (weight 0 / model null)."""
+def _build_category(
+    name: str, entry, default_mode: str, segmentation: SegmentationConfig, device, loaded: dict | None = None
+) -> CategoryScorer | None:
+    """The scorer of one config entry, or None when the entry is switched off (weight 0 / model null).
+
+    ``loaded`` caches judges by model directory, so categories of one joint model share it.
+    """
     where = f"reward.categories.{name}"
     if entry is None:
         entry = {}
@@ -166,8 +180,20 @@ def _build_category(name: str, entry, default_mode: str, segmentation: Segmentat
                 "train one with 'finegrained train-rm'"
             )
         from .inference import load_judge
+        from .joint_model import JointJudge
 
-        judge = load_judge(str(model), device=device)
+        loaded = {} if loaded is None else loaded
+        key = str(Path(str(model)).resolve())
+        if key not in loaded:
+            loaded[key] = load_judge(str(model), device=device)
+        judge = loaded[key]
+        if isinstance(judge, JointJudge):
+            if name not in judge.categories:
+                raise FinegrainedError(
+                    f"{where}.model: {model} is a joint reward model of {', '.join(judge.categories)}; "
+                    f"it has no category {name!r} (name the entry after one of them)"
+                )
+            judge = judge.view(name)
         kind, granularity, seg = judge.kind, judge.granularity, judge.segmentation
         for key, actual in (("kind", kind), ("granularity", granularity)):
             given = entry.get(key)
@@ -242,9 +268,9 @@ class RewardScorer:
         entries = cfg.get("categories") or {}
         if not isinstance(entries, Mapping):
             raise FinegrainedError("reward.categories must be a mapping of category name -> settings")
-        active, skipped = [], []
+        active, skipped, loaded = [], [], {}
         for name, entry in entries.items():
-            built = _build_category(str(name), entry, default_mode, segmentation, device)
+            built = _build_category(str(name), entry, default_mode, segmentation, device, loaded)
             if built is None:
                 skipped.append(str(name))
             else:
@@ -261,7 +287,7 @@ class RewardScorer:
         """Judge a batch of B completions with every active category.
 
         Each completion is segmented once per distinct (segmentation, granularity) and each judge is
-        called exactly once for the whole batch. Returns a ``RewardBreakdown`` whose categories follow
+        called exactly once for the whole batch (a joint reward model once for all its categories). Returns a ``RewardBreakdown`` whose categories follow
         the config order (the K axis of the placed (B, T, K) rewards); ``last_timings`` is updated.
         """
         prompts, completions = list(prompts), list(completions)
@@ -270,16 +296,18 @@ class RewardScorer:
         started = time.perf_counter()
         segments = self._segment(completions)
         segmented = time.perf_counter()
+        joint = self._score_joint(prompts, completions, segments)
         result = RewardBreakdown()
         for c in self.categories:
             if c.kind == "span":
                 segs = [list(s) for s in segments[(c.segmentation, c.granularity)]]
-                p_error = [[float(p) for p in row] for row in c.judge(prompts, completions, segs)]
+                rows = joint[c.name] if c.name in joint else c.judge(prompts, completions, segs)
+                p_error = [[float(p) for p in row] for row in rows]
                 _check_judgement_shape(c.name, [len(p) for p in p_error], [len(s) for s in segs])
                 rewards = [c.span_rewards(p) for p in p_error]
                 result.categories[c.name] = CategoryRewards(c.name, c.granularity, "span", segs, rewards, p_error=p_error)
             else:
-                scores = [float(s) for s in c.judge(prompts, completions)]
+                scores = [float(s) for s in (joint[c.name] if c.name in joint else c.judge(prompts, completions))]
                 if len(scores) != len(completions):
                     raise FinegrainedError(
                         f"reward category {c.name!r}: its judge returned {len(scores)} scores for {len(completions)} completions"
@@ -291,11 +319,32 @@ class RewardScorer:
         self.last_timings = {"segment": segmented - started, "score": time.perf_counter() - segmented}
         return result
 
+    def _joint_parents(self) -> list:
+        """The distinct joint reward models behind the active categories."""
+        from .joint_model import JointCategoryJudge
+
+        parents = []
+        for c in self.categories:
+            if isinstance(c.judge, JointCategoryJudge) and all(c.judge.parent is not p for p in parents):
+                parents.append(c.judge.parent)
+        return parents
+
+    def _score_joint(self, prompts: list[str], completions: list[str], segments) -> dict[str, list]:
+        """One call per joint reward model for all its categories: ``{category: judgements}``."""
+        out: dict[str, list] = {}
+        for parent in self._joint_parents():
+            given = {g: segments[(parent.segmentation, g)] for g in parent.span_granularities}
+            scored = parent.score(prompts, completions, given)
+            out.update({c.name: scored[c.name] for c in self.categories if getattr(c.judge, "parent", None) is parent})
+        return out
+
     def _segment(self, completions: list[str]) -> dict[tuple[SegmentationConfig, str], list]:
         wanted: dict[SegmentationConfig, set[str]] = {}
         for c in self.categories:
             if c.kind == "span":
                 wanted.setdefault(c.segmentation, set()).add(c.granularity)
+        for parent in self._joint_parents():  # its input carries markers of every span granularity it has
+            wanted.setdefault(parent.segmentation, set()).update(parent.span_granularities)
         out = {}
         for seg_cfg, granularities in wanted.items():
             many = get_segmenter(seg_cfg).segment_many(completions, sorted(granularities))

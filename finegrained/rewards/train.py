@@ -65,6 +65,8 @@ SPAN_METRICS_FOR_BEST = ("segment_accuracy", "error_f1", "error_precision", "err
 PREFERENCE_METRICS_FOR_BEST = ("pairwise_accuracy",)
 
 USAGE = """usage: finegrained train-rm schema=<path|name> category=<name> data.train=<jsonl> output_dir=<dir> [key=value ...]
+       finegrained train-rm categories=[<name>,...] data.train=<span jsonl> data.preferences=<preference jsonl> output_dir=<dir>
+         (several categories on one shared backbone: one forward pass judges them all)
 
 Common overrides: data.eval=<jsonl>  model=tiny|pretrained|minilm  model.name_or_path=<HF dir or hub id>
 train.epochs=N train.batch_size=N train.lr=X seed=N overwrite=true train.eval_every=N train.best_metric=error_f1"""
@@ -110,12 +112,13 @@ def ensure_marker_token(tokenizer) -> int:
 
 
 def build_tiny_backbone(kind: str, texts: Sequence[str], model_cfg: dict, max_length: int):
-    """Tokenizer trained on ``texts`` + a randomly initialised small BERT with the category's head."""
+    """Tokenizer trained on ``texts`` + a randomly initialised small BERT with the category's head
+    (``kind`` ``joint``: no head, the ``joint_model.JointRewardModel`` adds one per category)."""
     from ..models.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(
         texts, vocab_size=int(model_cfg.get("vocab_size", 2048)),
-        extra_special_tokens=[MARKER_TOKEN] if kind == "span" else (),
+        extra_special_tokens=[MARKER_TOKEN] if kind in ("span", "joint") else (),
     )
     return tokenizer, _tiny_model(kind, tokenizer, model_cfg, max_length)
 
@@ -123,7 +126,7 @@ def build_tiny_backbone(kind: str, texts: Sequence[str], model_cfg: dict, max_le
 def _tiny_model(kind: str, tokenizer, model_cfg: dict, max_length: int):
     from ..models.tiny import tiny_encoder_config
 
-    head = _head_kwargs(kind)
+    head = _head_kwargs("span" if kind == "joint" else kind)
     config = tiny_encoder_config(
         tokenizer, num_labels=head["num_labels"], n_layer=int(model_cfg.get("n_layer", 2)),
         hidden=int(model_cfg.get("hidden", 64)), n_head=int(model_cfg.get("n_head", 4)),
@@ -134,20 +137,33 @@ def _tiny_model(kind: str, tokenizer, model_cfg: dict, max_length: int):
     config.type_vocab_size = int(model_cfg.get("segment_types", 8))
     dropout = float(model_cfg.get("dropout", 0.1))
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    if kind == "joint":
+        from transformers import AutoModel
+
+        from .joint_model import auto_backbone
+
+        return auto_backbone(AutoModel.from_config, config)
     return _auto_class(kind).from_config(config)
 
 
 def build_pretrained_backbone(kind: str, name_or_path: str):
-    """``from_pretrained`` tokenizer and model (encoder or decoder) with a fresh head for ``kind``.
+    """``from_pretrained`` tokenizer and model (encoder or decoder) with a fresh head for ``kind``
+    (``joint``: the bare backbone, ``AutoModel``).
 
-    Decoders without a pad token pad with EOS; span models get the marker token and resized embeddings.
+    Decoders without a pad token pad with EOS; span and joint models get the marker token and resized
+    embeddings.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
+
+    from .joint_model import auto_backbone
 
     path = resolve_backbone_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, **_head_kwargs(kind))
+        if kind == "joint":
+            model = auto_backbone(AutoModel.from_pretrained, path)
+        else:
+            model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, **_head_kwargs(kind))
     except (OSError, ValueError) as e:
         raise FinegrainedError(f"model.name_or_path={name_or_path}: cannot load a backbone: {e}") from None
     if tokenizer.pad_token is None:
@@ -155,7 +171,7 @@ def build_pretrained_backbone(kind: str, name_or_path: str):
             tokenizer.pad_token = tokenizer.eos_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    if kind == "span":
+    if kind in ("span", "joint"):
         ensure_marker_token(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -235,6 +251,17 @@ def save_reward_model(directory: Path, model, tokenizer, metadata: dict, metrics
         shutil.copyfile(schema_source, directory / SCHEMA_COPY)
 
 
+def tokenizer_copy(tokenizer, with_marker: bool):
+    """A copy of ``tokenizer`` for a new reward model: padding with EOS when it has no pad token, and the
+    segment marker added when ``with_marker``."""
+    tokenizer = copy.deepcopy(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if with_marker:
+        ensure_marker_token(tokenizer)
+    return tokenizer
+
+
 def init_reward_model_dir(
     category: Category,
     output_dir: str | Path,
@@ -257,11 +284,7 @@ def init_reward_model_dir(
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
     torch.manual_seed(seed)
-    tokenizer = copy.deepcopy(tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if category.kind == "span":
-        ensure_marker_token(tokenizer)
+    tokenizer = tokenizer_copy(tokenizer, with_marker=category.kind == "span")
     model = _tiny_model(category.kind, tokenizer, {"n_layer": n_layer, "hidden": hidden, "n_head": n_head}, max_length)
     if category.kind == "preference" and normalisation is None:
         normalisation = {"mean": 0.0, "std": 1.0}
@@ -319,6 +342,45 @@ def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], uses_
     return [(c.input_ids, r.input_ids) for c, r in zip(chosen, rejected)], {"completion_truncated": cut}
 
 
+def optimizer_step(accelerator, model, optimizer, scheduler, loss: torch.Tensor, max_grad_norm) -> None:
+    """Backward, optional gradient clipping, optimizer and scheduler step, zeroed gradients."""
+    accelerator.backward(loss)
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), float(max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+class BestCheckpoint:
+    """Periodic evaluation during training that keeps the best weights (by ``metric``) in CPU memory.
+
+    ``check(step)`` evaluates, logs ``eval/*`` to tensorboard and remembers the weights when they are the
+    best so far; ``finish(step)`` evaluates the final weights and restores the remembered ones when those
+    scored higher, returning the metrics of the weights kept (with their ``step``).
+    """
+
+    def __init__(self, accelerator, model, evaluate, metric: str, writer):
+        self.accelerator, self.model, self.evaluate, self.metric, self.writer = accelerator, model, evaluate, metric, writer
+        self.best: tuple[float, dict, dict] | None = None  # (metric value, metrics, cpu state dict)
+
+    def check(self, step: int) -> None:
+        metrics = self.evaluate()
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"eval/{k}", v, step)
+        if self.best is None or metrics[self.metric] > self.best[0]:
+            state = {k: v.detach().cpu().clone() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
+            self.best = (metrics[self.metric], {**metrics, "step": step}, state)
+
+    def finish(self, step: int) -> dict[str, Any]:
+        metrics = {**self.evaluate(), "step": step}
+        if self.best is not None and self.best[0] > metrics[self.metric]:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.best[2])
+            metrics = self.best[1]
+            log(f"kept the checkpoint of step {metrics['step']} (best {self.metric})")
+        return metrics
+
+
 def train_reward_model(cfg) -> dict[str, Any]:
     """Run one ``train-rm`` configuration end to end; returns the final metrics."""
     from accelerate import Accelerator
@@ -328,6 +390,13 @@ def train_reward_model(cfg) -> dict[str, Any]:
 
     from ..schema import load_schema
 
+    if cfg.get("categories"):
+        if cfg.get("category"):
+            raise FinegrainedError("finegrained train-rm: give category=<name> (one model) or categories=[...] "
+                                   "(one shared backbone), not both")
+        from .train_joint import train_joint_reward_model
+
+        return train_joint_reward_model(cfg)
     for key in ("category", "output_dir"):
         if not cfg.get(key):
             raise FinegrainedError(f"finegrained train-rm: set {key}=...")
@@ -464,7 +533,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
 
     with atomic_directory(output_dir, overwrite=True) as tmp:
         writer = SummaryWriter(log_dir=str(tmp / "tb"))
-        best: tuple[float, dict, dict] | None = None  # (metric value, metrics, cpu state dict)
+        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
         step = 0
         model.train()
         progress = tqdm(total=total_steps, desc=f"train-rm {category.name}", unit="step",
@@ -480,32 +549,18 @@ def train_reward_model(cfg) -> dict[str, Any]:
                     scores = logits[:, 0]  # (2B,): chosen rows, then rejected rows
                     half = scores.shape[0] // 2
                     loss = bradley_terry_loss(scores[:half], scores[half:])
-                accelerator.backward(loss)
-                if tcfg.get("max_grad_norm"):
-                    accelerator.clip_grad_norm_(model.parameters(), float(tcfg.max_grad_norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"))
                 step += 1
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
                 if eval_every and step % eval_every == 0 and step < total_steps:
-                    metrics = evaluate_now()
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"eval/{k}", v, step)
-                    if best is None or metrics[best_metric] > best[0]:
-                        state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-                        best = (metrics[best_metric], {**metrics, "step": step}, state)
+                    checkpoints.check(step)
         progress.close()
 
         # 5. final evaluation; keep the best checkpoint when periodic evaluation found a better one
-        metrics = {**evaluate_now(), "step": step}
-        if best is not None and best[0] > metrics[best_metric]:
-            accelerator.unwrap_model(model).load_state_dict(best[2])
-            metrics = best[1]
-            log(f"kept the checkpoint of step {metrics['step']} (best {best_metric})")
+        metrics = checkpoints.finish(step)
         unwrapped = accelerator.unwrap_model(model).to("cpu").float()
         if kind == "preference":
             # normalisation statistics over the training outputs (unique texts), computed, never hand-copied
