@@ -219,7 +219,10 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
              *[f"policies.{name}={path}" for name, path in policies.items()]],  # fmt: skip
             f"oracle evaluation, seed {seed}",
         )
-    return json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
+    report = json.loads(done.read_text(encoding="utf-8"))
+    # only the policies of this demo run (an earlier shared_rm=true run may have evaluated one more)
+    report["policies"] = {name: report["policies"][name] for name in policies}
+    return report
 
 
 # 6. Results -------------------------------------------------------------------------------------------

@@ -46,3 +46,6 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     run_config = (tmp_path / "ppo" / "fine_grained_shared-seed0" / "config.yaml").read_text()
     assert run_config.count(str(tmp_path / "rm" / "joint")) == 3
     assert "with the shared-backbone reward model" in capsys.readouterr().out
+    # and a plain call afterwards reports its own three policies again
+    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    assert set(json.loads((tmp_path / "results.json").read_text())["policies"]) == {"sft", "holistic", "fine_grained"}
