@@ -209,9 +209,13 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
 
     eval_dir = out / "eval" / f"seed{seed}"
     done = eval_dir / "eval.json"
-    # Re-evaluated when a policy was added (shared_rm=true after a plain demo); each policy samples with
-    # the same seed, so the earlier policies' figures do not change.
-    if not done.is_file() or set(policies) - set(json.loads(done.read_text(encoding="utf-8"))["policies"]):
+    # Re-evaluated when a policy was added (shared_rm=true after a plain demo) or retrained since; each
+    # policy samples with the same seed, so the other policies' figures do not change.
+    if (
+        not done.is_file()
+        or set(policies) - set(json.loads(done.read_text(encoding="utf-8"))["policies"])
+        or any(Path(path).stat().st_mtime > done.stat().st_mtime for path in policies.values())
+    ):
         run_command(
             evaluate.main,
             [f"output_dir={eval_dir}", f"seed={seed}", f"n_prompts={cfg.n_eval_prompts}", "reference=sft",

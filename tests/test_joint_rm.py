@@ -32,7 +32,7 @@ from finegrained.rewards.joint_model import (
 from finegrained.rewards.preference_model import bradley_terry_loss
 from finegrained.rewards.scorer import RewardScorer
 from finegrained.rewards.span_model import IGNORE_INDEX, MARKER_TOKEN, InputLayout, span_loss
-from finegrained.rewards.train_joint import endless_batches, joint_loss
+from finegrained.rewards.train_joint import endless_batches, in_step, joint_loss
 from finegrained.schema import SegmentationConfig
 from finegrained.segment import get_segmenter
 from test_reward_models import _sentence, _tiny_pretrained_dirs, planted_preference_records, write_jsonl
@@ -262,6 +262,29 @@ def test_joint_loss_is_the_sum_of_each_categorys_loss():
     assert "b" not in parts
     loss.backward()
     assert outputs["b"].grad is not None and not outputs["b"].grad.any()  # in the graph, zero gradient
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.data())
+def test_each_dataset_gets_its_batches_spread_over_the_epoch(steps_per_epoch, data):
+    n_batches = data.draw(st.integers(1, steps_per_epoch))
+    steps = [k for k in range(steps_per_epoch) if in_step(k, n_batches, steps_per_epoch)]
+    assert len(steps) == n_batches  # exactly one pass per epoch
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert not gaps or max(gaps) - min(gaps) <= 1  # evenly spread, no bunching at the start
+    assert all(in_step(k, steps_per_epoch, steps_per_epoch) for k in range(steps_per_epoch))  # the largest: every step
+
+
+def test_a_category_without_data_in_the_step_adds_nothing_but_stays_in_the_graph():
+    scores = torch.randn(4, requires_grad=True)
+    logits = torch.randn(4, 3, 2, requires_grad=True)
+    labels = torch.full((4, 3), IGNORE_INDEX)
+    labels[0, 1] = 1
+    empty = torch.zeros(0, dtype=torch.long)
+    loss, parts = joint_loss({"a": logits, "p": scores}, {"a": labels}, {"p": (empty, empty)}, {"a": None})
+    assert loss.item() == pytest.approx(span_loss(logits, labels).item()) and set(parts) == {"a"}
+    loss.backward()
+    assert scores.grad is not None and not scores.grad.any()
 
 
 def test_endless_batches_cover_every_item_once_per_pass():

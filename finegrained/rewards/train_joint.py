@@ -3,12 +3,13 @@
     finegrained train-rm categories=[relevance,factuality,completeness] data.train=spans.jsonl \\
         data.preferences=prefs.jsonl output_dir=rm/joint
 
-One backbone, one head per category (``joint_model``). Every training step draws one batch of span
-records (labelled for every span category at once: one input, markers at the union of the segment ends)
-and one batch of pairs per preference category, runs them through the backbone together, and adds the
-losses: each span category's class-weighted cross-entropy on its own markers and each preference
-category's Bradley-Terry loss. An epoch is one pass over the largest of these datasets (the smaller ones
-cycle). ``train.batch_size`` counts the whole step (split across processes under DDP).
+One backbone, one head per category (``joint_model``). A training step runs a batch of span records
+(labelled for every span category at once: one input, markers at the union of the segment ends) and a
+batch of pairs per preference category through the backbone together, and adds the losses: each span
+category's class-weighted cross-entropy on its own markers and each preference category's Bradley-Terry
+loss. An epoch is one pass over every dataset: the largest has a batch in every step, a smaller one in
+evenly spread steps (``in_step``), so each category sees its data as often as its own model would.
+``train.batch_size`` counts each dataset's batch (split across processes under DDP).
 
 The output directory, written atomically, is loaded by ``inference.load_judge`` (a ``JointJudge``) and
 named once per category in a reward config (see ``scorer``). Metrics are flat, ``<category>/<metric>``,
@@ -151,6 +152,12 @@ class JointEncoder:
         return items, too_long
 
 
+def in_step(step_in_epoch: int, n_batches: int, steps_per_epoch: int) -> bool:
+    """Whether a dataset of ``n_batches`` batches per epoch has a batch in step ``step_in_epoch``
+    (0-based) of an epoch of ``steps_per_epoch`` steps: exactly ``n_batches`` steps per epoch, evenly spread."""
+    return (step_in_epoch + 1) * n_batches // steps_per_epoch > step_in_epoch * n_batches // steps_per_epoch
+
+
 def endless_batches(items: list, batch_size: int, rng: random.Random) -> Iterator[list]:
     """Batches of ``min(batch_size, len(items))`` items, reshuffled after every pass (wrapping around)."""
     order: list[int] = []
@@ -183,12 +190,14 @@ def joint_loss(
     Args:
         outputs: the model's ``{category: (B, L, 2) logits or (B,) scores}``.
         span_labels: span category -> ``(B, L)`` labels (``IGNORE_INDEX`` off its markers).
-        pair_rows: preference category -> ``(chosen rows, rejected rows)``, each ``(N,)`` row indices.
+        pair_rows: preference category -> ``(chosen rows, rejected rows)``, each ``(N,)`` row indices
+            (``N = 0``: no pairs of that category in this step).
         weights: span category -> ``(2,)`` class weights or None.
 
     Returns:
-        ``(loss, {category: its loss})``. A span category without a labelled marker in the batch adds
-        ``0 x`` its logits, keeping its head in the graph (DDP requires every parameter to get a gradient).
+        ``(loss, {category: its loss})``, only categories with data in the batch in the dict. A category
+        without data adds ``0 x`` its outputs, keeping its head in the graph (DDP requires every parameter
+        to get a gradient).
     """
     total = None
     parts: dict[str, float] = {}
@@ -202,8 +211,11 @@ def joint_loss(
         total = loss if total is None else total + loss
     for name, (chosen, rejected) in pair_rows.items():
         scores = outputs[name]  # (B,)
-        loss = bradley_terry_loss(scores[chosen], scores[rejected])
-        parts[name] = float(loss.detach())
+        if chosen.numel():
+            loss = bradley_terry_loss(scores[chosen], scores[rejected])
+            parts[name] = float(loss.detach())
+        else:
+            loss = scores.sum() * 0.0
         total = loss if total is None else total + loss
     if total is None:
         raise ValueError("joint_loss: no category in the batch")
@@ -400,12 +412,19 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         metrics[MEAN_ACCURACY] = mean_accuracy(metrics, categories)
         return metrics
 
-    def next_batch() -> dict[str, Any]:
-        span_rows = next(span_stream)[rank::world] if span_stream is not None else []
+    batches_per_epoch = {name: math.ceil(len(items) / batch_size) for name, items in pair_items.items()}
+    span_batches_per_epoch = math.ceil(len(span_items) / batch_size)
+
+    def next_batch(step: int) -> dict[str, Any]:
+        """The rows of (1-based) ``step``: a batch of every dataset scheduled for it (``in_step``)."""
+        k = (step - 1) % steps_per_epoch
+        span_rows = []
+        if span_stream is not None and in_step(k, span_batches_per_epoch, steps_per_epoch):
+            span_rows = next(span_stream)[rank::world]
         windows = [item.window for item in span_rows]
         pair_rows = {}
         for name, stream in pair_streams.items():
-            rows = next(stream)[rank::world]
+            rows = next(stream)[rank::world] if in_step(k, batches_per_epoch[name], steps_per_epoch) else []
             start = len(windows)
             windows += [p.chosen for p in rows] + [p.rejected for p in rows]
             chosen = torch.arange(start, start + len(rows))
@@ -426,7 +445,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         names = ", ".join(c.name for c in categories)
         progress = tqdm(total=total_steps, desc=f"train-rm {names}", unit="step", disable=not bool(tcfg.get("progress", True)))
         for step in range(1, total_steps + 1):
-            batch = next_batch()
+            batch = next_batch(step)
             with accelerator.autocast():
                 types = batch["token_type_ids"].to(device) if batch["token_type_ids"] is not None else None
                 outputs = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), types)
