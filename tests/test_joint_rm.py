@@ -9,7 +9,11 @@ whether called per category, per item or through the scorer.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,3 +336,24 @@ def test_user_errors_are_clear(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(FinegrainedError, match="joint reward model"):
         load_joint_model(tmp_path, {"categories": {"a": {"kind": "span"}}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("categories", [["factuality"], CATEGORIES], ids=["one-category", "joint"])
+def test_two_processes_train_and_one_writes_the_directory(tmp_path, categories):
+    spans = write_jsonl(tmp_path / "spans.jsonl", planted_span_records(40, seed=4))
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", planted_preference_records(24, seed=4))
+    out = tmp_path / "out" / "rm"
+    which = f"category={categories[0]}" if len(categories) == 1 else f"categories=[{','.join(categories)}]"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "train-rm", which,
+         f"data.train={spans}", f"data.preferences={prefs}", f"output_dir={out}", "train.epochs=1",
+         "train.progress=false", "device=cpu"],  # fmt: skip
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(f"wrote {out}") == 1  # the main process writes, the other only trains
+    assert [p.name for p in out.parent.iterdir()] == ["rm"]  # no temporary directory left behind
+    judge = load_judge(out, device="cpu")
+    assert set(judge.categories if isinstance(judge, JointJudge) else [judge.category]) == set(categories)

@@ -21,7 +21,8 @@ import hashlib
 import math
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +343,34 @@ def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], uses_
     return [(c.input_ids, r.input_ids) for c, r in zip(chosen, rejected)], {"completion_truncated": cut}
 
 
+class NullWriter:
+    """Stands in for a ``SummaryWriter`` on processes that write nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def main_process_output(accelerator, output_dir: Path) -> Iterator[tuple[Path | None, Any]]:
+    """``(temporary directory, tensorboard writer)`` on the main process, which writes ``output_dir``
+    atomically when the block ends; ``(None, NullWriter())`` on the other processes (under DDP every
+    process trains, one writes)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not accelerator.is_main_process:
+        yield None, NullWriter()
+        return
+    with atomic_directory(output_dir, overwrite=True) as tmp:
+        writer = SummaryWriter(log_dir=str(tmp / "tb"))
+        try:
+            yield tmp, writer
+        finally:
+            writer.close()
+
+
 def optimizer_step(accelerator, model, optimizer, scheduler, loss: torch.Tensor, max_grad_norm) -> None:
     """Backward, optional gradient clipping, optimizer and scheduler step, zeroed gradients."""
     accelerator.backward(loss)
@@ -384,7 +413,6 @@ class BestCheckpoint:
 def train_reward_model(cfg) -> dict[str, Any]:
     """Run one ``train-rm`` configuration end to end; returns the final metrics."""
     from accelerate import Accelerator
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -531,13 +559,12 @@ def train_reward_model(cfg) -> dict[str, Any]:
             return evaluate_span_judge(judge, eval_data)
         return evaluate_preference_judge(judge, eval_data)
 
-    with atomic_directory(output_dir, overwrite=True) as tmp:
-        writer = SummaryWriter(log_dir=str(tmp / "tb"))
+    with main_process_output(accelerator, output_dir) as (tmp, writer):
         checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
         step = 0
         model.train()
         progress = tqdm(total=total_steps, desc=f"train-rm {category.name}", unit="step",
-                        disable=not bool(tcfg.get("progress", True)))
+                        disable=not (bool(tcfg.get("progress", True)) and accelerator.is_main_process))
         for epoch in range(int(tcfg.epochs)):
             for batch in loader:
                 with accelerator.autocast():
@@ -573,11 +600,12 @@ def train_reward_model(cfg) -> dict[str, Any]:
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 writer.add_scalar(f"final/{k}", v, step)
-        writer.close()
-        save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
-    print(format_metrics_table(
-        {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, f"train-rm {category.name}"))
-    log(f"wrote {output_dir}")
+        if tmp is not None:
+            save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
+    if accelerator.is_main_process:
+        print(format_metrics_table(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, f"train-rm {category.name}"))
+        log(f"wrote {output_dir}")
     return metrics
 
 

@@ -61,6 +61,7 @@ from .train import (
     build_tiny_backbone,
     check_output_dir,
     file_sha256,
+    main_process_output,
     optimizer_step,
     save_reward_model,
 )
@@ -271,7 +272,6 @@ def _categories(cfg, schema) -> list[Category]:
 def train_joint_reward_model(cfg) -> dict[str, Any]:
     """Run one ``train-rm categories=[...]`` configuration end to end; returns the final metrics."""
     from accelerate import Accelerator
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -438,12 +438,11 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         }  # fmt: skip
 
     device = accelerator.device
-    with atomic_directory(output_dir, overwrite=True) as tmp:
-        writer = SummaryWriter(log_dir=str(tmp / "tb"))
+    with main_process_output(accelerator, output_dir) as (tmp, writer):
         checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
         model.train()
         names = ", ".join(c.name for c in categories)
-        progress = tqdm(total=total_steps, desc=f"train-rm {names}", unit="step", disable=not bool(tcfg.get("progress", True)))
+        progress = tqdm(total=total_steps, desc=f"train-rm {names}", unit="step", disable=not (bool(tcfg.get("progress", True)) and accelerator.is_main_process))
         for step in range(1, total_steps + 1):
             batch = next_batch(step)
             with accelerator.autocast():
@@ -480,10 +479,11 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         metadata["metrics"] = numbers
         for k, v in numbers.items():
             writer.add_scalar(f"final/{k}", v, total_steps)
-        writer.close()
-        save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
-    print(format_metrics_table(numbers, f"train-rm {names} (shared backbone)"))
-    log(f"wrote {output_dir}")
+        if tmp is not None:
+            save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
+    if accelerator.is_main_process:
+        print(format_metrics_table(numbers, f"train-rm {names} (shared backbone)"))
+        log(f"wrote {output_dir}")
     return metrics
 
 
