@@ -61,7 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("finegrained: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     return int(code or 0)
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed before the interpreter exits. A gloo process group left alive at exit
+    can abort a finished worker ("terminate called without an active exception", SIGABRT) after all its
+    work succeeded, which fails the whole torchrun job."""
+    if "torch.distributed" not in sys.modules:
+        return  # never imported: nothing to close (and no reason to import torch for it)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
