@@ -15,7 +15,7 @@ from ..config import compose_from_argv, log
 from ..errors import FinegrainedError
 from .inference import METRICS_FILE, RewardModelJudge, load_judge, read_metadata
 from .preference_model import PreferencePair, load_preference_pairs, pairwise_metrics
-from .span_model import LABEL_CLEAN, LABEL_ERROR, SpanExample, load_span_examples, span_metrics
+from .span_model import LABEL_CLEAN, LABEL_ERROR, SpanExample, load_span_examples, span_examples_from_records, span_metrics
 
 SCHEMA_COPY = "schema.yaml"
 
@@ -33,9 +33,29 @@ def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample]
     p_error = judge.score_segments(
         [e.prompt for e in examples], [e.completion for e in examples], [e.segments for e in examples]
     )
+    return span_metrics_of(examples, p_error, threshold)
+
+
+def span_metrics_of(examples: Sequence[SpanExample], p_error: Sequence[Sequence[float]], threshold: float = 0.5) -> dict:
+    """Segment-level metrics of per-segment error probabilities against the examples' labels."""
     labels = [y for e in examples for y in e.labels]
     predictions = [LABEL_ERROR if p > threshold else LABEL_CLEAN for ps in p_error for p in ps]
     return span_metrics(labels, predictions)
+
+
+def evaluate_joint_span_judge(judge, examples_by_category: dict[str, Sequence[SpanExample]]) -> dict[str, dict]:
+    """Metrics of every span category of a joint judge from one scoring pass over the records.
+
+    ``examples_by_category``: category -> its labelled examples of the same records in the same order
+    (``span_examples_from_records`` once per category).
+    """
+    first = next(iter(examples_by_category.values()), [])
+    if not first:
+        return {name: span_metrics([], []) for name in examples_by_category}
+    segments = {judge.categories[name]["granularity"]: [e.segments for e in examples]
+                for name, examples in examples_by_category.items()}  # fmt: skip
+    scored = judge.score([e.prompt for e in first], [e.completion for e in first], segments)
+    return {name: span_metrics_of(examples, scored[name]) for name, examples in examples_by_category.items()}
 
 
 def evaluate_preference_judge(judge: RewardModelJudge, pairs: Sequence[PreferencePair]) -> dict:
@@ -124,17 +144,16 @@ def evaluate_joint_model_dir(model_dir: Path, metadata: dict, data: str | Path, 
         names = [n for n, c in judge.categories.items() if c["kind"] == "span"]
     if not names:
         raise FinegrainedError(f"{data}: holds no records of the categories of {model_dir} ({', '.join(judge.categories)})")
-    metrics: dict = {}
-    for name in names:
-        category = annotation_schema.category(name)
-        view = judge.view(name)
-        if kind == "preference":
-            found = evaluate_preference_judge(view, load_preference_pairs(data, annotation_schema, category))
-        else:
-            found = evaluate_span_judge(view, load_span_examples(
-                data, annotation_schema, category, judge.segmentation, int(metadata.get("min_overlap_words", 1))))
-        metrics.update({f"{name}/{k}": v for k, v in found.items()})
-    return metrics
+    if kind == "preference":
+        found = {name: evaluate_preference_judge(judge.view(name), load_preference_pairs(data, annotation_schema, annotation_schema.category(name)))
+                 for name in names}  # fmt: skip
+    else:
+        min_overlap = int(metadata.get("min_overlap_words", 1))
+        found = evaluate_joint_span_judge(judge, {
+            name: span_examples_from_records(report.records, annotation_schema.category(name), judge.segmentation, min_overlap)
+            for name in names
+        })  # fmt: skip
+    return {f"{name}/{k}": v for name in names for k, v in found[name].items()}
 
 
 def main(argv: list[str]) -> int:

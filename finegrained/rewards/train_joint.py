@@ -32,7 +32,7 @@ from ..config import log, to_container
 from ..errors import FinegrainedError
 from ..io import atomic_directory
 from ..schema import Category
-from .evaluate import evaluate_preference_judge, evaluate_span_judge, format_metrics_table
+from .evaluate import evaluate_joint_span_judge, evaluate_preference_judge, format_metrics_table
 from .inference import FORMAT_VERSION
 from .joint_model import JOINT_KIND, JointJudge, JointRewardModel, encode_joint_input
 from .preference_model import PreferencePair, bradley_terry_loss, normalisation_stats
@@ -404,11 +404,9 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
     def evaluate_now() -> dict[str, Any]:
         judge = JointJudge(accelerator.unwrap_model(model), tokenizer, metadata, device=accelerator.device,
                            batch_size=int(tcfg.eval_batch_size))
-        metrics: dict[str, Any] = {}
-        for c in categories:
-            view = judge.view(c.name)
-            found = evaluate_span_judge(view, eval_examples[c.name]) if c.kind == "span" else evaluate_preference_judge(view, eval_pairs[c.name])
-            metrics.update({f"{c.name}/{k}": v for k, v in found.items()})
+        found = evaluate_joint_span_judge(judge, eval_examples)  # one pass for every span category
+        found |= {c.name: evaluate_preference_judge(judge.view(c.name), eval_pairs[c.name]) for c in preference_categories}
+        metrics: dict[str, Any] = {f"{c.name}/{k}": v for c in categories for k, v in found[c.name].items()}
         metrics[MEAN_ACCURACY] = mean_accuracy(metrics, categories)
         return metrics
 
