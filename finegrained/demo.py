@@ -209,11 +209,12 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
 
     eval_dir = out / "eval" / f"seed{seed}"
     done = eval_dir / "eval.json"
+    report = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else None
     # Re-evaluated when a policy was added (shared_rm=true after a plain demo) or retrained since; each
     # policy samples with the same seed, so the other policies' figures do not change.
     if (
-        not done.is_file()
-        or set(policies) - set(json.loads(done.read_text(encoding="utf-8"))["policies"])
+        report is None
+        or set(policies) - set(report["policies"])
         or any(Path(path).stat().st_mtime > done.stat().st_mtime for path in policies.values())
     ):
         run_command(
@@ -223,7 +224,7 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
              *[f"policies.{name}={path}" for name, path in policies.items()]],  # fmt: skip
             f"oracle evaluation, seed {seed}",
         )
-    report = json.loads(done.read_text(encoding="utf-8"))
+        report = json.loads(done.read_text(encoding="utf-8"))
     # only the policies of this demo run (an earlier shared_rm=true run may have evaluated one more)
     report["policies"] = {name: report["policies"][name] for name in policies}
     return report

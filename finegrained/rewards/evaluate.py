@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import compose_from_argv, log
 from ..errors import FinegrainedError
-from .inference import METRICS_FILE, RewardModelJudge, load_judge, read_metadata
+from .inference import JOINT_KIND, METRICS_FILE, RewardModelJudge, load_judge, read_metadata
 from .preference_model import PreferencePair, load_preference_pairs, pairwise_metrics
 from .span_model import LABEL_CLEAN, LABEL_ERROR, SpanExample, load_span_examples, span_examples_from_records, span_metrics
 
@@ -104,7 +104,7 @@ def evaluate_model_dir(model_dir: str | Path, data: str | Path, schema: str | No
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     annotation_schema = load_schema_for_model(model_dir, schema)
-    if metadata.get("kind") == "joint":
+    if metadata.get("kind") == JOINT_KIND:
         return evaluate_joint_model_dir(model_dir, metadata, data, annotation_schema, batch_size, device)
     try:
         category = annotation_schema.category(metadata["category"])

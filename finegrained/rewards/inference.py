@@ -25,6 +25,8 @@ from .span_model import InputLayout, encode_span_input, marker_error_probabiliti
 METADATA_FILE = "finegrained.json"
 METRICS_FILE = "metrics.json"
 FORMAT_VERSION = 1
+#: ``finegrained.json`` ``kind`` of a reward model holding several categories on one backbone
+JOINT_KIND = "joint"
 
 Span = tuple[int, int]
 
@@ -171,7 +173,7 @@ def load_judge(model_dir: str | Path, device=None, batch_size: int = 32):
 
     metadata = read_metadata(model_dir)
     device = torch.device(device) if device is not None else default_device()
-    if metadata.get("kind") == "joint":
+    if metadata.get("kind") == JOINT_KIND:
         return _load_joint_judge(model_dir, metadata, device, batch_size)
     auto = AutoModelForTokenClassification if metadata["kind"] == "span" else AutoModelForSequenceClassification
     try:

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import FinegrainedError
 from ..schema import SegmentationConfig
-from .inference import JudgeCall, judging
+from .inference import JOINT_KIND, JudgeCall, judging
 from .span_model import (
     InputLayout,
     SpanWindow,
@@ -41,7 +41,6 @@ from .span_model import (
 
 Span = tuple[int, int]
 
-JOINT_KIND = "joint"
 HEADS_FILE = "heads.safetensors"
 
 

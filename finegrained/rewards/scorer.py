@@ -246,6 +246,8 @@ class RewardScorer:
         categories: the active categories, in config order.
         skipped: names of the categories switched off in the config (weight 0 or model null).
         last_timings: seconds spent by the last call, ``{"segment": ..., "score": ...}``.
+        joint_models: the distinct joint reward models (``JointJudge``) behind the categories, each called
+            once per batch for all its categories.
     """
 
     def __init__(self, categories: Sequence[CategoryScorer], skipped: Sequence[str] = ()):
@@ -254,6 +256,7 @@ class RewardScorer:
         self.categories = list(categories)
         self.skipped = list(skipped)
         self.last_timings = {"segment": 0.0, "score": 0.0}
+        self.joint_models = _joint_parents(self.categories)
 
     @classmethod
     def from_config(cls, reward_cfg, device=None) -> RewardScorer:
@@ -319,20 +322,10 @@ class RewardScorer:
         self.last_timings = {"segment": segmented - started, "score": time.perf_counter() - segmented}
         return result
 
-    def _joint_parents(self) -> list:
-        """The distinct joint reward models behind the active categories."""
-        from .joint_model import JointCategoryJudge
-
-        parents = []
-        for c in self.categories:
-            if isinstance(c.judge, JointCategoryJudge) and all(c.judge.parent is not p for p in parents):
-                parents.append(c.judge.parent)
-        return parents
-
     def _score_joint(self, prompts: list[str], completions: list[str], segments) -> dict[str, list]:
         """One call per joint reward model for all its categories: ``{category: judgements}``."""
         out: dict[str, list] = {}
-        for parent in self._joint_parents():
+        for parent in self.joint_models:
             given = {g: segments[(parent.segmentation, g)] for g in parent.span_granularities}
             scored = parent.score(prompts, completions, given)
             out.update({c.name: scored[c.name] for c in self.categories if getattr(c.judge, "parent", None) is parent})
@@ -343,13 +336,24 @@ class RewardScorer:
         for c in self.categories:
             if c.kind == "span":
                 wanted.setdefault(c.segmentation, set()).add(c.granularity)
-        for parent in self._joint_parents():  # its input carries markers of every span granularity it has
+        for parent in self.joint_models:  # its input carries markers of every span granularity it has
             wanted.setdefault(parent.segmentation, set()).update(parent.span_granularities)
         out = {}
         for seg_cfg, granularities in wanted.items():
             many = get_segmenter(seg_cfg).segment_many(completions, sorted(granularities))
             out.update({(seg_cfg, g): many[g] for g in granularities})
         return out
+
+
+def _joint_parents(categories: Sequence[CategoryScorer]) -> list:
+    """The distinct joint reward models behind ``categories``, in order of first use."""
+    from .joint_model import JointCategoryJudge
+
+    parents = []
+    for c in categories:
+        if isinstance(c.judge, JointCategoryJudge) and all(c.judge.parent is not p for p in parents):
+            parents.append(c.judge.parent)
+    return parents
 
 
 def _check_judgement_shape(name: str, got: list[int], expected: list[int]) -> None:

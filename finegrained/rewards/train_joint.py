@@ -33,8 +33,8 @@ from ..errors import FinegrainedError
 from ..io import atomic_directory
 from ..schema import Category
 from .evaluate import evaluate_joint_span_judge, evaluate_preference_judge, format_metrics_table
-from .inference import FORMAT_VERSION
-from .joint_model import JOINT_KIND, JointJudge, JointRewardModel, encode_joint_input
+from .inference import FORMAT_VERSION, JOINT_KIND
+from .joint_model import JointJudge, JointRewardModel, encode_joint_input
 from .preference_model import PreferencePair, bradley_terry_loss, normalisation_stats
 from .span_model import (
     IGNORE_INDEX,
