@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+from collections import Counter
 
 import pytest
 
 from finegrained.commands import convert as convert_command
 from finegrained.commands import validate as validate_command
+from finegrained.convert import completeness as comp
 from finegrained.convert.qa_feedback import build_prompt, convert
 from finegrained.data import load_preference_records, load_span_records, validate_file
 
@@ -196,12 +200,6 @@ def test_missing_input_file(tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------------
 # Completeness comparisons derived from corrected-prediction (the paper's create_comp_rm_files rule)
-
-from collections import Counter  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-
-from finegrained.convert import completeness as comp  # noqa: E402
 
 BRIDGE = ["Bridge", "The bridge is 1.2 km long.", "It was   opened in 1899.", "Its architect was Franz Schwechten."]
 RIVER = ["River", "The Rhine flows through Cologne."]

@@ -39,6 +39,7 @@ MINOR_AUXILIARY = "Missing-Minor-Auxiliary"
 COMPLETENESS_CATEGORY = "completeness"
 DERIVATION = "corrected-prediction coverage"
 PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
+"""The prediction pairs QA-Feedback's six ``preference`` values compare, in order (and the order here)."""
 
 SentenceId = tuple[int, int]
 """``(passage id, sentence id)``, both 1-based; sentence 1 is the first sentence after the title."""

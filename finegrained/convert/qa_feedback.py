@@ -53,17 +53,15 @@ from ..data import (
 )
 from ..errors import InputError, Problem
 from ..schema import AnnotationSchema, load_schema
-from .completeness import (
+from .completeness import (  # PAIRS: the prediction pairs the six ``preference`` values compare
     COMPLETENESS_CATEGORY,
+    PAIRS,
     MalformedExample,
     SubSentenceSplitter,
     preferences_from_scores,
     schema_sub_sentence_splitter,
     score_predictions,
 )
-
-PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
-"""The prediction pairs the six ``preference`` values compare, in order."""
 
 TIE, FIRST_PREFERRED, SECOND_PREFERRED = 0, 1, 2
 PREFERENCE_CATEGORY = "holistic"
