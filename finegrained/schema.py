@@ -2,25 +2,30 @@
 
 A schema names its categories; each category has a granularity (the unit its reward model judges),
 a kind (``span``: labels projected from annotated error spans; ``preference``: pairwise comparisons of
-whole outputs), the annotator-facing error types that fold into it, and whether its reward model sees
-the prompt. The schema also carries the segmentation settings shared by every category.
+whole outputs), the annotator-facing error types that fold into it, and what its reward model sees of
+the prompt (``context``: ``none``, ``question`` or ``prompt``; the old ``uses_context: true/false``
+still means ``prompt``/``none``). The schema also carries the segmentation settings shared by every category and,
+for ``context: question``, ``prompt.question_pattern``: a regex whose named group ``question`` finds
+the question in a prompt.
 
 Example (``annotation_schemas/qa_feedback.yaml``)::
 
     name: qa_feedback
+    prompt: {question_pattern: '^\\s*question:\\s*(?P<question>.*?)\\s*context:'}
     segmentation: {sentence: sentencizer, sub_sentence: {split_after: ",;:!?", min_words: 5}}
     categories:
       - name: relevance
         granularity: sub_sentence
         kind: span
         error_types: [Irrelevant, Redundant, Incoherent]
-        uses_context: false
+        context: question
         description: Text that does not help answer the question.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +39,10 @@ KINDS = ("span", "preference")
 
 _CATEGORY_KEYS = {"name", "description", "granularity", "kind", "error_types", "uses_context"}
 _TOP_KEYS = {"name", "description", "segmentation", "categories"}
+# What a category's reward model sees of the prompt: nothing, the question part only, or all of it.
+CONTEXT_MODES = ("none", "question", "prompt")
+_CATEGORY_KEYS.add("context")
+_TOP_KEYS.add("prompt")
 
 
 @dataclass(frozen=True)
@@ -58,13 +67,36 @@ class Category:
     granularity: str
     kind: str
     error_types: tuple[str, ...] = ()
-    uses_context: bool = True
+    uses_context: bool | None = None  # the old spelling of `context`: true = "prompt", false = "none"
     description: str = ""
+    context: str | None = None  # one of CONTEXT_MODES; default "prompt" (or as `uses_context` says)
+
+    def __post_init__(self) -> None:
+        context = resolve_context(self.context, self.uses_context)
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "uses_context", context != "none")
 
     @property
     def labels(self) -> tuple[str, ...]:
         """Span labels that mark an error of this category: its name and each of its error types."""
         return (self.name, *self.error_types)
+
+
+def resolve_context(context: object, uses_context: object) -> str:
+    """The context mode from ``context`` and/or the old boolean ``uses_context`` (None = not given).
+
+    Raises ``ValueError`` for an unknown mode, a non-boolean ``uses_context``, or the two contradicting.
+    """
+    if uses_context is not None and not isinstance(uses_context, bool):
+        raise ValueError("uses_context must be true or false")
+    if context is None:
+        return "none" if uses_context is False else "prompt"
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"unknown context {context!r} (expected one of {', '.join(CONTEXT_MODES)})")
+    if uses_context is not None and uses_context != (context != "none"):
+        raise ValueError(f"context: {context} contradicts uses_context: {str(uses_context).lower()} "
+                         "(give only context)")  # fmt: skip
+    return str(context)
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,8 @@ class AnnotationSchema:
     description: str = ""
     source: str = "<memory>"
     sha256: str = ""
+    #: regex whose named group ``question`` finds the question in a prompt (``prompt.question_pattern``)
+    question_pattern: str | None = None
 
     def category(self, name: str) -> Category:
         for c in self.categories:
@@ -149,6 +183,8 @@ def schema_from_dict(data: object, source: str = "<memory>", sha256: str = "") -
         name = "<unnamed>"
 
     segmentation = _parse_segmentation(data.get("segmentation"), bad)
+    question_pattern = _parse_prompt(data.get("prompt"), bad)
+    pattern_given = isinstance(data.get("prompt"), dict) and data["prompt"].get("question_pattern") is not None
 
     raw_categories = data.get("categories")
     categories: list[Category] = []
@@ -190,10 +226,7 @@ def schema_from_dict(data: object, source: str = "<memory>", sha256: str = "") -
             if label in seen_labels and not (label == cname and seen_labels[label] == cname):
                 bad(f"{where}.error_types", f"repeats the label {label!r} (already used by category {seen_labels[label]!r})")
             seen_labels.setdefault(label, cname)
-        uses_context = raw.get("uses_context", True)
-        if not isinstance(uses_context, bool):
-            bad(f"{where}.uses_context", "must be true or false")
-            uses_context = True
+        context = _parse_context(raw, where, pattern_given, bad)
         description = raw.get("description", "")
         if not isinstance(description, str):
             bad(f"{where}.description", "must be a string")
@@ -204,8 +237,8 @@ def schema_from_dict(data: object, source: str = "<memory>", sha256: str = "") -
                 granularity=str(granularity),
                 kind=str(kind),
                 error_types=tuple(error_types),
-                uses_context=uses_context,
                 description=description.strip(),
+                context=context,
             )
         )
     if problems:
@@ -218,7 +251,51 @@ def schema_from_dict(data: object, source: str = "<memory>", sha256: str = "") -
         description=description if isinstance(description, str) else "",
         source=source,
         sha256=sha256,
+        question_pattern=question_pattern,
     )
+
+
+def _parse_context(raw: dict, where: str, pattern_given: bool, bad) -> str:
+    """A category's ``context`` (or its old spelling ``uses_context``); "prompt" after a problem."""
+    uses_context = raw.get("uses_context")
+    if uses_context is not None and not isinstance(uses_context, bool):
+        bad(f"{where}.uses_context", "must be true or false")
+        return "prompt"
+    try:
+        context = resolve_context(raw.get("context"), uses_context)
+    except ValueError as e:
+        bad(f"{where}.context", str(e))
+        return "prompt"
+    if context == "question" and not pattern_given:
+        bad(f"{where}.context", "context: question needs the schema's prompt.question_pattern "
+            "(a regex with a named group 'question')")  # fmt: skip
+    return context
+
+
+def _parse_prompt(raw: object, bad) -> str | None:
+    """``prompt: {question_pattern: REGEX}`` -> the pattern (validated: compiles, has group ``question``)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        bad("prompt", "must be a mapping with question_pattern")
+        return None
+    for key in sorted(set(raw) - {"question_pattern"}):
+        bad(f"prompt.{key}", "unknown key (expected question_pattern)")
+    pattern = raw.get("question_pattern")
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str) or not pattern:
+        bad("prompt.question_pattern", "must be a regular expression (a non-empty string)")
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        bad("prompt.question_pattern", f"not a valid regular expression: {e}")
+        return None
+    if "question" not in compiled.groupindex:
+        bad("prompt.question_pattern", "needs a named group 'question', e.g. '^question:\\s*(?P<question>.*?)\\s*context:'")
+        return None
+    return pattern
 
 
 def _parse_segmentation(raw: object, bad) -> SegmentationConfig:

@@ -1,7 +1,8 @@
 """``finegrained convert <format> IN OUT_DIR``: import public annotation formats.
 
 Formats: ``qa-feedback`` (``train_feedback.json`` / ``dev_feedback.json`` of Wu et al. 2023) ->
-``OUT_DIR/spans.jsonl`` and ``OUT_DIR/preferences.jsonl``, validated against the schema before they
+``OUT_DIR/spans.jsonl`` and ``OUT_DIR/preferences.jsonl`` (holistic comparisons, and completeness
+comparisons derived from the corrected answers), validated against the schema before they
 are moved into place. A malformed input prints ``FILE: message`` and exits 2.
 """
 
@@ -47,6 +48,9 @@ def main(argv: list[str]) -> int:
     print(
         f"{args.out_dir}/spans.jsonl: {stats.questions} span records, {stats.spans} error spans ({labels or 'none'})\n"
         f"{args.out_dir}/preferences.jsonl: {stats.preferences} preference records "
-        f"(category {qa_feedback.PREFERENCE_CATEGORY}; {stats.ties_dropped} ties dropped)"
+        f"(category {qa_feedback.PREFERENCE_CATEGORY}; {stats.ties_dropped} ties dropped)\n"
+        f"{args.out_dir}/preferences.jsonl: {stats.completeness_pairs} completeness pairs derived from "
+        f"corrected-prediction coverage ({stats.completeness_skipped} examples skipped without required "
+        f"information; {stats.completeness_ties_dropped} equal-coverage pairs dropped)"
     )
     return 0

@@ -12,7 +12,10 @@ Output (``convert``):
   span with its offsets unchanged and its error type as label; ``meta`` keeps ``missing-info``,
   ``corrected-prediction``, the error ``explanations`` (parallel to ``spans``), ``gold`` and ``source``.
 - ``preferences.jsonl``: one record per non-tied comparison, id ``<split>-<index>-p<a>v<b>``, category
-  ``holistic`` (the overall judgement of the paper's baseline), ``chosen`` the preferred prediction.
+  ``holistic`` (the overall judgement of the paper's baseline), ``chosen`` the preferred prediction;
+  then the ``completeness`` comparisons the paper derives from ``corrected-prediction`` (see
+  ``completeness``), id ``<split>-<index>-c<a>v<b>``, ``meta.derived`` saying how, ``meta.scores`` each
+  prediction's coverage. An example without required information gives none (counted as skipped).
 
 ``<split>`` is ``train``/``dev`` from the file name (``<split>_feedback.json``), else the file's stem;
 ``<index>`` is the 0-based position in the array.
@@ -50,9 +53,15 @@ from ..data import (
 )
 from ..errors import InputError, Problem
 from ..schema import AnnotationSchema, load_schema
-
-PAIRS: tuple[tuple[int, int], ...] = ((1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4))
-"""The prediction pairs the six ``preference`` values compare, in order."""
+from .completeness import (  # PAIRS: the prediction pairs the six ``preference`` values compare
+    COMPLETENESS_CATEGORY,
+    PAIRS,
+    MalformedExample,
+    SubSentenceSplitter,
+    preferences_from_scores,
+    schema_sub_sentence_splitter,
+    score_predictions,
+)
 
 TIE, FIRST_PREFERRED, SECOND_PREFERRED = 0, 1, 2
 PREFERENCE_CATEGORY = "holistic"
@@ -69,6 +78,9 @@ class ConversionStats:
     identical_pairs_dropped: int = 0
     spans_clipped: int = 0
     spans_dropped_empty: int = 0
+    completeness_pairs: int = 0
+    completeness_ties_dropped: int = 0
+    completeness_skipped: int = 0  # examples without required information: no completeness pairs
     labels: Counter = field(default_factory=Counter)
 
     def warnings(self) -> list[str]:
@@ -111,9 +123,11 @@ def _require(obj: dict, key: str, kind: type, where: str) -> Any:
 
 
 def convert_example(
-    example: object, index: int, split: str, source: str, schema: AnnotationSchema, stats: ConversionStats
+    example: object, index: int, split: str, source: str, schema: AnnotationSchema, stats: ConversionStats,
+    split_sub_sentences: SubSentenceSplitter | None = None,
 ) -> tuple[SpanRecord, list[PreferenceRecord]]:
-    """One QA-Feedback element -> its span record and its non-tied preference records."""
+    """One QA-Feedback element -> its span record and its non-tied preference records (holistic, then
+    completeness when ``split_sub_sentences`` is given)."""
     where = f"element {index}"
     if not isinstance(example, dict):
         raise _Malformed(f"{where}: must be a JSON object, got {describe_json_value(example)}")
@@ -199,7 +213,25 @@ def convert_example(
     stats.questions += 1
     stats.spans += len(spans)
     stats.preferences += len(preferences)
+    if split_sub_sentences is not None:
+        preferences += _completeness_preferences(example, split_sub_sentences, prompt, record_id, source_meta, where, stats)
     return span_record, preferences
+
+
+def _completeness_preferences(example: dict, split_sub_sentences: SubSentenceSplitter, prompt: str, record_id: str,
+                              source_meta: dict, where: str, stats: ConversionStats) -> list[PreferenceRecord]:
+    try:
+        scored = score_predictions(example, split_sub_sentences)
+    except MalformedExample as e:
+        raise _Malformed(f"{where}: {e}") from None
+    if scored is None:
+        stats.completeness_skipped += 1
+        return []
+    predictions = [example[f"prediction {k}"] for k in (1, 2, 3, 4)]
+    records = preferences_from_scores(scored, predictions, prompt, record_id, source_meta)
+    stats.completeness_pairs += len(records)
+    stats.completeness_ties_dropped += len(PAIRS) - len(records)
+    return records
 
 
 def read_examples(path: Path) -> list:
@@ -238,23 +270,28 @@ def convert(
     """
     in_path, out_dir = Path(in_path), Path(out_dir)
     schema = schema if isinstance(schema, AnnotationSchema) else load_schema(schema)
-    if PREFERENCE_CATEGORY not in [c.name for c in schema.preference_categories]:
-        raise InputError(f"the schema has no preference category {PREFERENCE_CATEGORY!r}", file=schema.source)
+    for name in (PREFERENCE_CATEGORY, COMPLETENESS_CATEGORY):
+        if name not in [c.name for c in schema.preference_categories]:
+            raise InputError(f"the schema has no preference category {name!r}", file=schema.source)
     examples = read_examples(in_path)
     split = split_name(in_path)
     stats = ConversionStats()
     span_records: list[SpanRecord] = []
     preference_records: list[PreferenceRecord] = []
     disable = None if progress is None else not progress
+    # the schema's sub-sentence rule, as for the reward models that will learn from these pairs
+    split_sub_sentences = schema_sub_sentence_splitter(schema.segmentation)
     try:
         for index, example in enumerate(tqdm(examples, desc=f"converting {in_path.name}", unit="q", disable=disable)):
-            span_record, preferences = convert_example(example, index, split, in_path.name, schema, stats)
+            span_record, preferences = convert_example(
+                example, index, split, in_path.name, schema, stats, split_sub_sentences
+            )
             span_records.append(span_record)
             preference_records.extend(preferences)
     except _Malformed as e:
         raise InputError(str(e), file=in_path) from None
 
-    if not preference_records:
+    if not stats.preferences:
         raise InputError("every comparison is a tie or compares identical texts: no preference records", file=in_path)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("exists and is not a directory", file=out_dir)

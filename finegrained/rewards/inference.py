@@ -19,6 +19,7 @@ import torch
 
 from ..errors import FinegrainedError
 from ..schema import SegmentationConfig
+from .context import PromptView
 from .preference_model import encode_sequence_inputs, pad_sequences
 from .span_model import InputLayout, encode_span_input, marker_error_probabilities, pad_windows, segment_type_count
 
@@ -78,7 +79,8 @@ class RewardModelJudge(JudgeCall):
     """A trained reward model as a judge.
 
     Attributes (from ``finegrained.json``): ``category``, ``granularity``, ``kind`` (``span`` or
-    ``preference``), ``uses_context``, ``normalisation`` (``{"mean", "std"}`` for preference models,
+    ``preference``), ``prompt_view`` (``context.PromptView``: what the model reads of each prompt;
+    raises ``context.NoQuestionFound`` for a prompt it cannot read), ``normalisation`` (``{"mean", "std"}`` for preference models,
     None for span models), ``segmentation`` (the ``SegmentationConfig`` the model was trained with),
     ``max_length``.
     """
@@ -92,7 +94,7 @@ class RewardModelJudge(JudgeCall):
         self.category: str = metadata["category"]
         self.granularity: str = metadata["granularity"]
         self.kind: str = metadata["kind"]
-        self.uses_context: bool = bool(metadata.get("uses_context", True))
+        self.prompt_view = PromptView.from_metadata(metadata)
         self.normalisation: dict[str, float] | None = metadata.get("normalisation")
         self.segmentation = SegmentationConfig(**metadata.get("segmentation", {}))
         self.max_length: int = int(metadata["max_length"])
@@ -129,7 +131,7 @@ class RewardModelJudge(JudgeCall):
         for i, (prompt, completion, segs) in enumerate(zip(prompts, completions, segments)):
             encoded = encode_span_input(
                 self.tokenizer, self.layout, self.marker_id,
-                prompt if self.uses_context else None, completion, segs, self.max_length, self.n_types,
+                self.prompt_view.of(prompt), completion, segs, self.max_length, self.n_types,
             )
             self.n_split_completions += max(len(encoded) - 1, 0)
             windows.extend(encoded)
@@ -152,7 +154,7 @@ class RewardModelJudge(JudgeCall):
         if len(prompts) != len(completions):
             raise ValueError("prompts and completions must have the same length")
         encoded = encode_sequence_inputs(
-            self.tokenizer, self.layout, list(prompts) if self.uses_context else None, list(completions), self.max_length
+            self.tokenizer, self.layout, self.prompt_view.of_many(prompts), list(completions), self.max_length
         )
         scores: list[float] = []
         with judging(self.model):

@@ -12,7 +12,9 @@ marker at the end of every segment of every span category: the union of their se
 has about as many markers as the finest granularity. Where separate per-category models cost one
 encoding and one forward pass per category, a joint model costs one of each per batch.
 
-The prompt is in the input when any category uses it (all categories see the same input).
+All categories see the same input, so they share one context mode (``context.joint_prompt_view``
+refuses mixed modes at training time); the view is stored at the top of ``finegrained.json``. Older
+directories without it show the whole prompt when any category had ``uses_context`` (as trained).
 
 Trained by ``finegrained train-rm categories=[...]`` (``train_joint``); the directory holds the backbone
 (``save_pretrained``, safetensors), the tokenizer, the heads (``heads.safetensors``) and
@@ -29,6 +31,7 @@ import torch
 
 from ..errors import FinegrainedError
 from ..schema import SegmentationConfig
+from .context import PromptView
 from .inference import JOINT_KIND, JudgeCall, judging
 from .span_model import (
     InputLayout,
@@ -183,11 +186,21 @@ def encode_joint_input(
     return windows, index
 
 
+def joint_view_from_metadata(metadata: Mapping[str, Any]) -> PromptView:
+    """The view of a joint ``finegrained.json``: its top-level ``context``, or for directories written
+    before that key, the whole prompt when any category had ``uses_context`` (how they were trained)."""
+    if "context" in metadata:
+        return PromptView.from_metadata(metadata)
+    entries = metadata["categories"].values()
+    return PromptView("prompt" if any(bool(c.get("uses_context", True)) for c in entries) else "none")
+
+
 class JointJudge:
     """A trained joint reward model: ``score`` judges every category in one forward pass per batch.
 
-    Attributes (from ``finegrained.json``): ``categories`` (name -> ``{kind, granularity, uses_context,
-    normalisation, ...}``), ``segmentation``, ``max_length``; ``span_granularities`` the granularities
+    Attributes (from ``finegrained.json``): ``categories`` (name -> ``{kind, granularity, context,
+    normalisation, ...}``), ``prompt_view`` (what every category reads of the prompt), ``segmentation``,
+    ``max_length``; ``span_granularities`` the granularities
     whose segment ends carry markers; ``kind`` is ``"joint"``. ``view(name)`` gives one category's judge
     with the interface of ``RewardModelJudge`` (for evaluation and the scorer).
     """
@@ -203,7 +216,7 @@ class JointJudge:
         self.categories: dict[str, dict[str, Any]] = {k: dict(v) for k, v in metadata["categories"].items()}
         self.segmentation = SegmentationConfig(**metadata.get("segmentation", {}))
         self.max_length = int(metadata["max_length"])
-        self.uses_context = any(bool(c.get("uses_context", True)) for c in self.categories.values())
+        self.prompt_view = joint_view_from_metadata(metadata)
         self.span_granularities = sorted({c["granularity"] for c in self.categories.values() if c["kind"] == "span"})
         self.layout = InputLayout.for_tokenizer(tokenizer)
         self.marker_id = tokenizer.convert_tokens_to_ids(metadata["marker_token"])
@@ -257,7 +270,7 @@ class JointJudge:
         indices: list[dict[str, list[int]]] = []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             encoded, index = encode_joint_input(
-                self.tokenizer, self.layout, self.marker_id, prompt if self.uses_context else None, completion,
+                self.tokenizer, self.layout, self.marker_id, self.prompt_view.of(prompt), completion,
                 {g: segments[g][i] for g in self.span_granularities}, self.max_length, self.n_types,
             )  # fmt: skip
             self.n_split_completions += max(len(encoded) - 1, 0)
@@ -305,7 +318,7 @@ class JointCategoryJudge(JudgeCall):
         self.category = name
         self.kind: str = entry["kind"]
         self.granularity: str = entry["granularity"]
-        self.uses_context = parent.uses_context
+        self.prompt_view = parent.prompt_view
         self.normalisation: dict[str, float] | None = entry.get("normalisation")
         self.segmentation = parent.segmentation
         self.max_length = parent.max_length

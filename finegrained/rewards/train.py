@@ -32,6 +32,7 @@ from ..config import compose_from_argv, log, to_container
 from ..errors import FinegrainedError
 from ..io import atomic_directory, atomic_write_json
 from ..schema import Category, SegmentationConfig
+from .context import PromptView
 from .evaluate import SCHEMA_COPY, evaluate_preference_judge, evaluate_span_judge, format_metrics_table
 from .inference import FORMAT_VERSION, METADATA_FILE, METRICS_FILE, RewardModelJudge
 from .preference_model import (
@@ -219,14 +220,14 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
 def build_metadata(
     category: Category, *, max_length: int, segmentation: SegmentationConfig, normalisation: dict | None = None,
     schema_name: str = "", schema_sha256: str = "", data: dict | None = None, training: dict | None = None,
-    backbone: str = "tiny", min_overlap_words: int = 1,
+    backbone: str = "tiny", min_overlap_words: int = 1, question_pattern: str | None = None,
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "category": category.name,
         "granularity": category.granularity,
         "kind": category.kind,
-        "uses_context": category.uses_context,
+        **PromptView.for_category(category, question_pattern).to_metadata(),  # what the model reads of the prompt
         "error_types": list(category.error_types),
         "label_map": dict(LABEL_MAP) if category.kind == "span" else None,
         "marker_token": MARKER_TOKEN if category.kind == "span" else None,
@@ -276,11 +277,13 @@ def init_reward_model_dir(
     normalisation: dict | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    question_pattern: str | None = None,
 ) -> Path:
     """Write a valid, randomly initialised (untrained) reward-model directory for ``category``.
 
     For benchmarks and plumbing tests: ``load_judge`` accepts it like a trained one. ``tokenizer`` is
-    copied (a span category gets the marker token added to the copy).
+    copied (a span category gets the marker token added to the copy). ``question_pattern``: the schema's,
+    for a category with ``context: question``.
     """
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
@@ -291,7 +294,7 @@ def init_reward_model_dir(
         normalisation = {"mean": 0.0, "std": 1.0}
     metadata = build_metadata(
         category, max_length=max_length, segmentation=segmentation or SegmentationConfig(),
-        normalisation=normalisation, backbone="tiny (untrained)",
+        normalisation=normalisation, backbone="tiny (untrained)", question_pattern=question_pattern,
     )
     with atomic_directory(output_dir, overwrite=True) as tmp:
         save_reward_model(tmp, model, tokenizer, metadata, None)
@@ -312,15 +315,15 @@ def _split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def _span_training_items(tokenizer, examples: Sequence[SpanExample], uses_context: bool, max_length: int,
+def _span_training_items(tokenizer, examples: Sequence[SpanExample], view: PromptView, max_length: int,
                          n_types: int):
-    """Encode examples; returns (items, counts). Items are (input_ids, labels) lists."""
+    """Encode examples (prompts as ``view`` shows them); returns (items, counts). Items are (window, labels)."""
     layout = InputLayout.for_tokenizer(tokenizer)
     marker_id = tokenizer.convert_tokens_to_ids(MARKER_TOKEN)
     items, too_long, no_segments, prompt_cut = [], 0, 0, 0
     for e in examples:
         windows = encode_span_input(
-            tokenizer, layout, marker_id, e.prompt if uses_context else None, e.completion, e.segments, max_length, n_types
+            tokenizer, layout, marker_id, view.of(e.prompt), e.completion, e.segments, max_length, n_types
         )
         if not windows:
             no_segments += 1
@@ -334,9 +337,9 @@ def _span_training_items(tokenizer, examples: Sequence[SpanExample], uses_contex
     return items, {"skipped_too_long": too_long, "skipped_no_segments": no_segments, "prompt_truncated": prompt_cut}
 
 
-def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], uses_context: bool, max_length: int):
+def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], view: PromptView, max_length: int):
     layout = InputLayout.for_tokenizer(tokenizer)
-    prompts = [p.prompt for p in pairs] if uses_context else None
+    prompts = view.of_many([p.prompt for p in pairs])
     chosen = encode_sequence_inputs(tokenizer, layout, prompts, [p.chosen for p in pairs], max_length)
     rejected = encode_sequence_inputs(tokenizer, layout, prompts, [p.rejected for p in pairs], max_length)
     cut = sum(1 for e in (*chosen, *rejected) if e.completion_tokens_dropped)
@@ -474,13 +477,17 @@ def train_reward_model(cfg) -> dict[str, Any]:
         raise FinegrainedError(f"data.train={cfg.data.train}: no training examples for category {category.name!r}")
     if not eval_data:
         eval_data = train_data
+    # what the model reads of each prompt; a prompt it cannot read is refused here, naming the record
+    view = PromptView.for_category(category, schema.question_pattern)
+    view.check_records(train_data, cfg.data.train)
+    view.check_records(eval_data, cfg.data.eval or cfg.data.train)
 
     # 2. backbone
     if kind == "span":
-        texts = [e.completion for e in train_data] + ([e.prompt for e in train_data] if category.uses_context else [])
+        texts = [e.completion for e in train_data]
     else:
-        texts = [t for p in train_data for t in (p.chosen, p.rejected)] + (
-            [p.prompt for p in train_data] if category.uses_context else [])
+        texts = [t for p in train_data for t in (p.chosen, p.rejected)]
+    texts += view.of_many([e.prompt for e in train_data]) or []
     name_or_path = model_cfg.get("name_or_path")
     if name_or_path:
         tokenizer, model = build_pretrained_backbone(kind, str(name_or_path))
@@ -493,7 +500,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
     # 3. encode
     if kind == "span":
         items, counts = _span_training_items(
-            tokenizer, train_data, category.uses_context, max_length, segment_type_count(model))
+            tokenizer, train_data, view, max_length, segment_type_count(model))
         n_segments = sum(len(w.marker_positions) for w, _ in items)
         n_errors = sum(1 for _, labels in items for y in labels if y == LABEL_ERROR)
         error_fraction = n_errors / n_segments if n_segments else 0.0
@@ -506,7 +513,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
         if counts["prompt_truncated"]:
             log(f"note: cut the prompt of {counts['prompt_truncated']} example(s) to fit max_length={max_length}")
     else:
-        items, counts = _preference_training_items(tokenizer, train_data, category.uses_context, max_length)
+        items, counts = _preference_training_items(tokenizer, train_data, view, max_length)
         weights = None
         log(f"train-rm {category.name}: {len(items)} preference pairs")
         if counts["completion_truncated"]:
@@ -550,6 +557,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
               "eval": {"path": str(cfg.data.eval), "sha256": file_sha256(cfg.data.eval)} if cfg.data.get("eval") else None,
               "eval_source": eval_source},
         training=to_container(cfg), backbone=str(name_or_path or "tiny"), min_overlap_words=min_overlap,
+        question_pattern=schema.question_pattern,
     )
 
     def evaluate_now() -> dict:

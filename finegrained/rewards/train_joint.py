@@ -32,6 +32,7 @@ from ..config import log, to_container
 from ..errors import FinegrainedError
 from ..io import atomic_directory
 from ..schema import Category
+from .context import PromptView, joint_prompt_view
 from .evaluate import evaluate_joint_span_judge, evaluate_preference_judge, format_metrics_table
 from .inference import FORMAT_VERSION, JOINT_KIND
 from .joint_model import JointJudge, JointRewardModel, encode_joint_input
@@ -86,7 +87,7 @@ class PairItem:
 class JointEncoder:
     """Segments texts at every span granularity and encodes them with the joint layout."""
 
-    def __init__(self, tokenizer, segmentation, span_categories: Sequence[Category], uses_context: bool,
+    def __init__(self, tokenizer, segmentation, span_categories: Sequence[Category], view: PromptView,
                  max_length: int, n_types: int):
         from ..segment import get_segmenter
 
@@ -96,7 +97,7 @@ class JointEncoder:
         self.segmenter = get_segmenter(segmentation)
         self.span_categories = list(span_categories)
         self.granularities = sorted({c.granularity for c in self.span_categories})
-        self.uses_context = uses_context
+        self.view = view
         self.max_length = max_length
         self.n_types = n_types
 
@@ -107,7 +108,7 @@ class JointEncoder:
 
     def encode(self, prompt: str, completion: str, segments: dict[str, list]):
         return encode_joint_input(
-            self.tokenizer, self.layout, self.marker_id, prompt if self.uses_context else None, completion,
+            self.tokenizer, self.layout, self.marker_id, self.view.of(prompt), completion,
             segments, self.max_length, self.n_types,
         )  # fmt: skip
 
@@ -232,14 +233,17 @@ def mean_accuracy(metrics: dict[str, Any], categories: Sequence[Category]) -> fl
 
 
 def joint_metadata(categories: Sequence[Category], *, max_length: int, segmentation, schema, data: dict,
-                   training: dict, backbone: str, min_overlap_words: int, dropout: float) -> dict[str, Any]:
+                   training: dict, backbone: str, min_overlap_words: int, dropout: float,
+                   question_pattern: str | None = None) -> dict[str, Any]:
+    """``finegrained.json`` of a joint model; refuses categories of different context modes."""
     import dataclasses
 
     return {
         "format_version": FORMAT_VERSION,
         "kind": JOINT_KIND,
+        **joint_prompt_view(categories, question_pattern).to_metadata(),  # what every category reads of the prompt
         "categories": {
-            c.name: {"kind": c.kind, "granularity": c.granularity, "uses_context": c.uses_context,
+            c.name: {"kind": c.kind, "granularity": c.granularity, "context": c.context,
                      "error_types": list(c.error_types), "normalisation": None}
             for c in categories
         },
@@ -283,6 +287,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         raise FinegrainedError("finegrained train-rm: set output_dir=...")
     schema = load_schema(cfg.schema)
     categories = _categories(cfg, schema)
+    view = joint_prompt_view(categories, schema.question_pattern)  # one input for all: one context mode
     span_categories = [c for c in categories if c.kind == "span"]
     preference_categories = [c for c in categories if c.kind == "preference"]
     data = cfg.data
@@ -338,11 +343,16 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
             eval_sources[c.name] = f"held out {len(held)} of data.preferences" if held else "data.preferences"
             eval_pairs[c.name] = held or pairs[c.name]
 
+    # a prompt the view cannot read is refused here, naming the record
+    view.check_records(records, data.get("train"))
+    view.check_records(eval_records, data.get("eval") or data.get("train"))
+    for name in pairs:
+        view.check_records(pairs[name], data.preferences)
+        view.check_records(eval_pairs[name], data.get("eval_preferences") or data.preferences)
+
     # 2. backbone, shared by every category
-    uses_context = any(c.uses_context for c in categories)
     texts = [r.completion for r in records] + [t for ps in pairs.values() for p in ps for t in (p.chosen, p.rejected)]
-    if uses_context:
-        texts += [r.prompt for r in records] + [p.prompt for ps in pairs.values() for p in ps]
+    texts += view.of_many([r.prompt for r in records] + [p.prompt for ps in pairs.values() for p in ps]) or []
     name_or_path = model_cfg.get("name_or_path")
     if name_or_path:
         tokenizer, backbone = build_pretrained_backbone("joint", str(name_or_path))
@@ -356,7 +366,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
 
     # 3. encode
     n_types = segment_type_count(model)
-    encoder = JointEncoder(tokenizer, schema.segmentation, span_categories, uses_context, max_length, n_types)
+    encoder = JointEncoder(tokenizer, schema.segmentation, span_categories, view, max_length, n_types)
     span_items, counts = encoder.span_items(records, min_overlap)
     pair_items: dict[str, list[PairItem]] = {}
     for name, ps in pairs.items():
@@ -398,6 +408,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
               for key in ("train", "eval", "preferences", "eval_preferences") if data.get(key)}
         | {"eval_source": eval_sources},
         training=to_container(cfg), backbone=str(name_or_path or "tiny"), min_overlap_words=min_overlap, dropout=dropout,
+        question_pattern=schema.question_pattern,
     )  # fmt: skip
     eval_examples = {c.name: span_examples_from_records(eval_records, c, schema.segmentation, min_overlap) for c in span_categories}
 
@@ -497,6 +508,7 @@ def init_joint_reward_model_dir(
     segmentation=None,
     seed: int = 0,
     overwrite: bool = False,
+    question_pattern: str | None = None,
 ) -> Path:
     """Write a valid, randomly initialised (untrained) joint reward-model directory for ``categories``.
 
@@ -515,6 +527,7 @@ def init_joint_reward_model_dir(
     metadata = joint_metadata(
         categories, max_length=max_length, segmentation=segmentation or SegmentationConfig(), schema=None,
         data={}, training={}, backbone="tiny (untrained)", min_overlap_words=1, dropout=0.1,
+        question_pattern=question_pattern,
     )  # fmt: skip
     for c in categories:
         if c.kind == "preference":
