@@ -3,7 +3,10 @@
 For every policy: generate (greedy by default) on the task's held-out prompts, then report the task
 oracle's per-category error rates (when the task has an oracle), the reward models' mean rewards (when a
 reward config is given), the KL to the reference policy, the mean response length and ROUGE-L against
-the reference answers. Writes ``output_dir/eval.json`` and prints a table.
+the reference answers. Writes ``output_dir/eval.json`` and prints a table (oracle columns only when the
+task has an oracle, reward-model columns when a reward config is given). Prompts come from
+``finegrained.tasks.files.load_prompts`` (``task=jsonl task.eval=F``, ``task=hf_dataset ...``, or the
+built-in task); prompts longer than a policy allows are cut from the left or refused (``task.truncate``).
 
 KL: for each response, the sum over its tokens of the exact KL(policy || reference) between the two
 next-token distributions along the generated path; ``kl`` is the mean over responses.

@@ -3,8 +3,12 @@
     finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl
                        [--n-per-prompt K] [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
                        [--greedy] [--seed S] [--batch-size B] [--device D] [--pairs]
+                       [--prompt-column C] [--id-column C] [--truncate left|error]
 
-``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``). Each output record is
+``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``); a ``datasets`` directory
+(``save_to_disk``) or .csv/.parquet file works too, with ``--prompt-column`` / ``--id-column``. Prompts longer
+than the policy allows with ``--max-new-tokens`` keep their last tokens (``--truncate left``, counted) or are
+refused (``--truncate error``); the records written keep the whole prompt. Each output record is
 ``{"id", "prompt", "completion", "meta"}`` with ids ``<prompt id>-<k>`` (``k`` = 0..K-1) and
 ``meta = {"policy", "sample", "ended"}`` (``ended``: the model produced EOS before ``--max-new-tokens``).
 With ``--pairs`` (two samples per prompt) each prompt gives one *pair item* instead,
