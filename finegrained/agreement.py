@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data import PreferenceRecord, SpanRecord, record_from_json
-from .errors import InputError
+from .errors import FinegrainedError, InputError
 from .io import atomic_write_json, atomic_write_jsonl
 from .labels import project_labels
 from .schema import AnnotationSchema, load_schema
@@ -166,6 +166,11 @@ class AgreementReport:
 
 def report(paths: Sequence[Path], schema: AnnotationSchema) -> AgreementReport:
     spans, prefs = load_annotations(paths, schema)
+    annotators = sorted({r.annotator for r in [*spans, *prefs]})
+    if len(annotators) < 2:
+        who = f"only one annotator ({annotators[0]})" if annotators else "no annotated records"
+        raise FinegrainedError(f"agreement needs at least two annotators; the files hold {who}. Records of one item "
+                               f"share an 'id' and differ in 'annotator' (a record without one counts as its file's name)")  # fmt: skip
     out = AgreementReport({}, [], [], [], [])
     per_category = span_ratings(spans, schema) if spans else {}
     for name, (ratings, _) in per_category.items():
@@ -221,11 +226,20 @@ def report(paths: Sequence[Path], schema: AnnotationSchema) -> AgreementReport:
 
 def format_table(categories: dict) -> str:
     lines = [f"{'category':<14} {'kind':<10} {'annotators':>10} {'units':>6}  {'statistic':<18} {'value':>6}  {'agree %':>7}"]
+    notes = []
     for name, c in categories.items():
-        value = c[c["statistic"]]
+        value, percent = c[c["statistic"]], c["percent_agreement"]
+        value_text = "n/a" if math.isnan(value) else f"{value:.3f}"
+        percent_text = "n/a" if math.isnan(percent) else f"{100 * percent:.1f}"
         lines.append(f"{name:<14} {c['kind']:<10} {c['annotators']:>10} {c['units']:>6}  {c['statistic']:<18} "
-                     f"{value:>6.3f}  {100 * c['percent_agreement']:>7.1f}")  # fmt: skip
-    return "\n".join(lines)
+                     f"{value_text:>6}  {percent_text:>7}")  # fmt: skip
+        if c["annotators"] < 2:
+            notes.append(f"{name}: n/a (one annotator)")
+        elif not c["units"]:
+            notes.append(f"{name}: n/a (no unit rated by two annotators)")
+        elif math.isnan(value):
+            notes.append(f"{name}: n/a ({c['statistic']} is undefined: every rating is the same label)")
+    return "\n".join(lines + [f"note: {n}" for n in notes])
 
 
 def _json_safe(value):

@@ -3,7 +3,10 @@
 For every policy: generate (greedy by default) on the task's held-out prompts, then report the task
 oracle's per-category error rates (when the task has an oracle), the reward models' mean rewards (when a
 reward config is given), the KL to the reference policy, the mean response length and ROUGE-L against
-the reference answers. Writes ``output_dir/eval.json`` and prints a table.
+the reference answers. Writes ``output_dir/eval.json`` and prints a table (oracle columns only when the
+task has an oracle, reward-model columns when a reward config is given). Prompts come from
+``finegrained.tasks.files.load_prompts`` (``task=jsonl task.eval=F``, ``task=hf_dataset ...``, or the
+built-in task); prompts longer than a policy allows are cut from the left or refused (``task.truncate``).
 
 KL: for each response, the sum over its tokens of the exact KL(policy || reference) between the two
 next-token distributions along the generated path; ``kl`` is the mean over responses.
@@ -35,19 +38,17 @@ def pick_device(requested: str | None) -> torch.device:
 
 
 def load_prompts(cfg: DictConfig) -> list[dict]:
-    from hydra.utils import instantiate
+    """The task's held-out prompt records of ``cfg.split`` (at most ``n_prompts``)."""
+    from .tasks.files import load_prompts as load_task_prompts
 
-    records = instantiate(cfg.task.prompts, split=cfg.split, n=cfg.n_prompts)
-    if not records:
-        raise FinegrainedError(f"task produced no prompts for split {cfg.split!r}")
-    return list(records)
+    return load_task_prompts(cfg.task, cfg.split, n=cfg.n_prompts)
 
 
 def evaluate_policies(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg``; returns the eval.json content."""
     from hydra.utils import instantiate
 
-    from .generation import generate, load_policy, response_kl
+    from .generation import fit_prompts, generate, load_policy, prompt_token_budget, response_kl
 
     policies: dict[str, str] = dict(cfg.policies or {})
     if not policies:
@@ -65,12 +66,15 @@ def evaluate_policies(cfg: DictConfig) -> dict:
 
         scorer = RewardScorer.from_config(cfg.reward, device=device)
 
-    ref_model, _ = load_policy(reference_path, device)
+    ref_model, _ = load_policy(reference_path, device, option=f"reference={reference}" if reference not in policies else f"policies.{reference}")
     gen = cfg.generation
+    rule = cfg.task.get("truncate") or "left"
     results: dict[str, dict] = {}
     for name, path in policies.items():
+        model, tokenizer = load_policy(path, device, option=f"policies.{name}")
+        budget = prompt_token_budget([model, ref_model], gen.max_new_tokens)
+        fit = fit_prompts(tokenizer, records, budget, rule, who=f"evaluate {name}", source=f"task={cfg.task.get('name') or '?'} ({cfg.split})")
         log(f"[evaluate] {name}: generating {len(prompts)} completions from {path}")
-        model, tokenizer = load_policy(path, device)
         generations = generate(
             model, tokenizer, prompts,
             max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
@@ -83,6 +87,7 @@ def evaluate_policies(cfg: DictConfig) -> dict:
             "kl": statistics.fmean(kls),
             "mean_length": statistics.fmean(len(g.response_ids) - g.ended for g in generations),
             "ended_with_eos": statistics.fmean(g.ended for g in generations),
+            "prompts_truncated": fit.n_truncated,
         }
         scored = [(c, r) for c, r in zip(completions, references) if r]
         entry["rouge_l"] = statistics.fmean(rouge_l(c, r) for c, r in scored) if scored else None
@@ -106,22 +111,41 @@ def evaluate_policies(cfg: DictConfig) -> dict:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """One row per policy: per-category error rates, total error rate, KL, length, ROUGE-L."""
+    """One row per policy: the oracle's per-category and total error rates (columns only when the task
+    has an oracle), the reward models' mean rewards (when scored), KL, length, ROUGE-L."""
     categories = sorted({c for r in results.values() for c in r.get("error_rate", {})})
-    header = ["policy", *[f"err:{c}" for c in categories], "total_err", "kl", "length", "rouge_l"]
+    oracle = any("total_error_rate" in r for r in results.values())
+    rewards = list(dict.fromkeys(c for r in results.values() for c in r.get("rewards", {})))
+    scored = any("reward_total" in r for r in results.values())
+
+    def fmt(x):
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+    header = ["policy", *[f"err:{c}" for c in categories], *(["total_err"] if oracle else []),
+              *[f"rm:{c}" for c in rewards], *(["rm_total"] if scored else []), "kl", "length", "rouge_l"]  # fmt: skip
     rows = []
     for name, r in results.items():
-        def fmt(x):
-            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
         rows.append([
-            name, *[fmt(r.get("error_rate", {}).get(c)) for c in categories],
-            fmt(r.get("total_error_rate")), fmt(r.get("kl")), f"{r['mean_length']:.1f}", fmt(r.get("rouge_l")),
+            name, *[fmt(r.get("error_rate", {}).get(c)) for c in categories], *([fmt(r.get("total_error_rate"))] if oracle else []),
+            *[fmt(r.get("rewards", {}).get(c)) for c in rewards], *([fmt(r.get("reward_total"))] if scored else []),
+            fmt(r.get("kl")), f"{r['mean_length']:.1f}", fmt(r.get("rouge_l")),
         ])  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def table_notes(report: dict) -> list[str]:
+    """What the table leaves out, said plainly."""
+    results = report["policies"].values()
+    notes = []
+    if not any("total_error_rate" in r for r in results):
+        notes.append("no oracle for this task: no error rates (give reward=... to score with reward models)"
+                     if not any("reward_total" in r for r in results) else "no oracle for this task: no error rates")
+    if all(r.get("rouge_l") is None for r in results):
+        notes.append("no reference answers: no ROUGE-L")
+    return notes
 
 
 def main(argv: list[str]) -> int:
@@ -135,6 +159,8 @@ def main(argv: list[str]) -> int:
     report["config"] = to_container(cfg)
     atomic_write_json(out / "eval.json", report)
     print(format_table(report["policies"]))
+    for note in table_notes(report):
+        print(f"note: {note}")
     log(f"[evaluate] wrote {out / 'eval.json'}")
     return 0
 

@@ -4,14 +4,25 @@ Prompt ids are ``tokenizer(prompt, add_special_tokens=False).input_ids``; genera
 (left-padded, KV cache through ``model.generate``). A response is cut after its first EOS; its text is
 what the reward models and the oracle judge: the decoded ids before EOS, special tokens skipped.
 Used by ``finegrained evaluate``, ``finegrained demo`` and ``finegrained sample``.
+
+Long prompts. A causal LM has a position limit (GPT-2's ``n_positions``); prompt and response together
+must fit in it, so a prompt may keep at most ``limit - max_new_tokens`` tokens (``prompt_token_budget``).
+The rule (``task.truncate`` / ``sample --truncate``): ``left`` drops a longer prompt's *first* tokens and
+keeps its end, the text generation continues from; ``error`` refuses, naming every record too long.
+``fit_prompts`` counts and reports either way; ``encode_prompts(..., max_tokens=budget)`` applies the cut.
+The prompt *text* is never changed: records written out and the reward models see the whole prompt.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+
+TRUNCATE_RULES = ("left", "error")
 
 
 @dataclass
@@ -20,19 +31,51 @@ class Generation:
     completion: str
     response_ids: list[int]  # generated ids up to and including the first EOS (if any)
     ended: bool  # True when the model produced EOS before max_new_tokens
+    prompt_budget: int | None = None  # the prompt kept at most this many (last) tokens; None: no limit
 
 
-def load_policy(name_or_path: str, device: str | torch.device | None = None):
-    """A causal LM and its tokenizer from an HF directory or hub id, in eval mode, left padding."""
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` reads as a file-system path rather than a hub id (``org/name`` or ``name``): it is
+    absolute, starts with ``.`` or ``~``, has two or more ``/``, or its first part is a local directory."""
+    name = str(name)
+    if name.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in name) or name.count("/") >= 2:
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
+
+
+def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
+    """A clear "no such directory" for a ``option`` value that looks like a local path and is missing,
+    instead of a failed hub connection."""
+    from .errors import FinegrainedError
+
+    if looks_like_local_path(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+        raise FinegrainedError(f"{option}={name_or_path}: no such directory")
+
+
+def load_causal_lm(name_or_path: str | os.PathLike, option: str = "--policy"):
+    """``(model, tokenizer)`` from a local directory or a hub id; user errors say which one failed and why."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .errors import FinegrainedError
 
+    name = str(name_or_path)
+    check_local_source(name, option)
+    local = Path(name).expanduser().exists()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise FinegrainedError(f"{name_or_path}: cannot load a causal LM and tokenizer: {e}") from None
+        if not local:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FinegrainedError(f"{option}={name}: no such directory, and not loadable as a Hugging Face hub id "
+                                   f"({first})") from None  # fmt: skip
+        raise FinegrainedError(f"{option}={name}: cannot load a causal LM and tokenizer: {e}") from None
+    return model, tokenizer
+
+
+def load_policy(name_or_path: str, device: str | torch.device | None = None, option: str = "--policy"):
+    """A causal LM and its tokenizer from an HF directory or hub id, in eval mode, left padding."""
+    model, tokenizer = load_causal_lm(name_or_path, option)
     prepare_tokenizer(tokenizer)
     model.to(device or "cpu").eval()
     return model, tokenizer
@@ -45,9 +88,82 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def encode_prompts(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids (B, P) and mask (B, P), True = real token."""
+def max_positions(model) -> int | None:
+    """The most positions ``model`` can attend over (``n_positions``, ``max_position_embeddings``,
+    ``n_ctx``), or None when its config states none (e.g. rotary models without a limit)."""
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prompt_token_budget(models: Sequence, max_new_tokens: int) -> int | None:
+    """Prompt tokens that still leave room for ``max_new_tokens`` in every model of ``models`` (the policy,
+    and any model that reads prompt + response, such as a separate value model); None: no limit."""
+    from .errors import FinegrainedError
+
+    limits = [(m, n) for m in models if (n := max_positions(m)) is not None]
+    if not limits:
+        return None
+    limit = min(n for _, n in limits)
+    if max_new_tokens >= limit:
+        raise FinegrainedError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt: the model holds "
+                               f"{limit} positions (prompt + response); lower max_new_tokens")  # fmt: skip
+    return limit - max_new_tokens
+
+
+@dataclass
+class PromptFit:
+    """What fitting prompts to a budget did: ``n_truncated`` of ``n`` prompts cut, ``dropped`` tokens each."""
+
+    n: int
+    budget: int | None
+    dropped: list[int]
+
+    @property
+    def n_truncated(self) -> int:
+        return len(self.dropped)
+
+    def message(self, who: str) -> str:
+        if not self.dropped:
+            return f"[{who}] every prompt fits in {self.budget} tokens"
+        return (f"[{who}] cut {self.n_truncated} of {self.n} prompts from the left to their last {self.budget} tokens "
+                f"(dropped {min(self.dropped)}-{max(self.dropped)} tokens, mean {sum(self.dropped) / len(self.dropped):.0f})")  # fmt: skip
+
+
+def fit_prompts(tokenizer, records: Sequence[dict], budget: int | None, rule: str, *, who: str, source: str = "prompts",
+                quiet: bool = False) -> PromptFit:  # fmt: skip
+    """Check every record's prompt against ``budget`` tokens under ``rule`` (``left`` | ``error``; see the
+    module docstring). ``left``: counts and logs the cuts; ``error``: raises ``InputError`` naming each
+    record that is too long (``SOURCE: id: ...``)."""
+    from .config import log
+    from .errors import FinegrainedError, InputError, Problem
+
+    if rule not in TRUNCATE_RULES:
+        raise FinegrainedError(f"truncate={rule!r}: expected one of {', '.join(TRUNCATE_RULES)}")
+    if budget is None or not records:
+        return PromptFit(len(records), budget, [])
+    lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records], add_special_tokens=False).input_ids]
+    too_long = [(r, n) for r, n in zip(records, lengths) if n > budget]
+    if too_long and rule == "error":
+        problems = [Problem(source, None, f"record {r['id']!r} has {n} tokens; the policy allows {budget} with "
+                            f"its max_new_tokens (truncate=left would keep the last {budget})", "prompt")
+                    for r, n in too_long]  # fmt: skip
+        raise InputError(problems[:50])
+    fit = PromptFit(len(records), budget, [n - budget for _, n in too_long])
+    if too_long and not quiet:
+        log(fit.message(who))
+    return fit
+
+
+def encode_prompts(tokenizer, prompts: list[str], device, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids (B, P) and mask (B, P), True = real token. A prompt longer than
+    ``max_tokens`` keeps its last ``max_tokens`` tokens (the ``left`` rule; see ``fit_prompts``)."""
     rows = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    if max_tokens is not None:
+        rows = [r[-max_tokens:] if len(r) > max_tokens else r for r in rows]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -80,18 +196,23 @@ def generate(
     seed: int | None = None,
     progress: bool = False,
 ) -> list[Generation]:
-    """Generate one completion per prompt, batched; deterministic for a fixed ``seed``."""
+    """Generate one completion per prompt, batched; deterministic for a fixed ``seed``. Prompts longer
+    than the model allows with ``max_new_tokens`` keep their last tokens (call ``fit_prompts`` first to
+    count them or refuse them)."""
+    from .progress import Progress
     from .rewards.placement import decode_with_offsets
 
     device = next(model.parameters()).device
+    budget = prompt_token_budget([model], max_new_tokens)
     if seed is not None:
         torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p} if do_sample else {"do_sample": False}
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+    bar = Progress(len(starts), "generate", unit="batches", enabled=progress)
+    for start in starts:
         batch = prompts[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, batch, device)
+        ids, mask = encode_prompts(tokenizer, batch, device, max_tokens=budget)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask.long(),
@@ -103,9 +224,11 @@ def generate(
         responses = [cut_at_eos(row, tokenizer.eos_token_id) for row in out[:, ids.shape[1] :].tolist()]
         decoded = decode_with_offsets(tokenizer, [r for r, _ in responses])
         results += [
-            Generation(prompt=p, completion=d.text, response_ids=r, ended=ended)
+            Generation(prompt=p, completion=d.text, response_ids=r, ended=ended, prompt_budget=budget)
             for p, d, (r, ended) in zip(batch, decoded, responses)
         ]
+        bar.update(1)
+    bar.close()
     return results
 
 
@@ -119,8 +242,11 @@ def response_kl(policy, reference, tokenizer, generations: list[Generation], bat
     kls: list[float] = []
     for start in range(0, len(generations), batch_size):
         batch = generations[start : start + batch_size]
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [g.prompt for g in batch], device)
         width = max(1, max(len(g.response_ids) for g in batch))
+        # each prompt cut exactly as generate cut it, so the KL is measured on what was generated from
+        budgets = {g.prompt_budget for g in batch}
+        budget = min(budgets - {None}) if budgets - {None} else None
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, [g.prompt for g in batch], device, max_tokens=budget)
         resp = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
         resp_mask = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
         for i, g in enumerate(batch):

@@ -3,8 +3,12 @@
     finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl
                        [--n-per-prompt K] [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
                        [--greedy] [--seed S] [--batch-size B] [--device D] [--pairs]
+                       [--prompt-column C] [--id-column C] [--truncate left|error]
 
-``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``). Each output record is
+``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``); a ``datasets`` directory
+(``save_to_disk``) or .csv/.parquet file works too, with ``--prompt-column`` / ``--id-column``. Prompts longer
+than the policy allows with ``--max-new-tokens`` keep their last tokens (``--truncate left``, counted) or are
+refused (``--truncate error``); the records written keep the whole prompt. Each output record is
 ``{"id", "prompt", "completion", "meta"}`` with ids ``<prompt id>-<k>`` (``k`` = 0..K-1) and
 ``meta = {"policy", "sample", "ended"}`` (``ended``: the model produced EOS before ``--max-new-tokens``).
 With ``--pairs`` (two samples per prompt) each prompt gives one *pair item* instead,
@@ -19,36 +23,38 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import FinegrainedError, InputError, Problem
-from .io import atomic_write_jsonl, read_string_records
+from .errors import FinegrainedError
+from .generation import TRUNCATE_RULES
+from .io import atomic_write_jsonl
 
 
-def read_prompts(path: Path) -> list[dict]:
-    """``{"id", "prompt"}`` per line of ``path``; ids default to ``p<line>`` and must be unique."""
-    rows = read_string_records(path, ("prompt",))
-    problems, first_line = [], {}
-    records = []
-    for r in rows:
-        raw_id = r.get("id", f"p{r['_line']}")
-        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-            problems.append(Problem(str(path), r["_line"], "must be a string or an integer", "id"))
-            continue
-        record_id = str(raw_id)
-        if record_id in first_line:
-            problems.append(Problem(str(path), r["_line"], f"duplicate id {record_id!r} (first used on line "
-                                    f"{first_line[record_id]})", "id"))  # fmt: skip
-            continue
-        first_line[record_id] = r["_line"]
-        records.append({"id": record_id, "prompt": r["prompt"]})
-    if problems:
-        raise InputError(problems[:50])
-    return records
+def prompt_task(path: Path, prompt_column: str = "prompt", id_column: str | None = None) -> dict:
+    """The task config ``--prompts`` stands for: a JSONL file (``task=jsonl``), or a ``datasets`` dataset
+    (a ``save_to_disk`` directory or a .csv/.parquet file, ``task=hf_dataset``)."""
+    if path.is_dir() or path.suffix.lower() in (".csv", ".parquet"):
+        columns = {"prompt": prompt_column, "id": id_column}
+        return {"prompts": {"_target_": "finegrained.tasks.files.dataset_prompts", "path": str(path), "columns": columns}}
+    return {"prompts": {"_target_": "finegrained.tasks.files.jsonl_prompts", "train": str(path)}}
+
+
+def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str | None = None) -> list[dict]:
+    """Checked ``{"id", "prompt", ...}`` records of ``--prompts`` (ids default to ``p<line>``, unique)."""
+    from .tasks.files import load_prompts
+
+    return load_prompts(prompt_task(path, prompt_column, id_column), "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finegrained sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="HF causal LM directory with its tokenizer")
-    parser.add_argument("--prompts", required=True, type=Path, help="JSONL with a 'prompt' (and 'id') per line")
+    parser.add_argument("--prompts", required=True, type=Path,
+                        help="JSONL with a 'prompt' (and 'id') per line, or a datasets directory (save_to_disk) "
+                             "or .csv/.parquet file with --prompt-column")  # fmt: skip
+    parser.add_argument("--prompt-column", default="prompt", help="datasets input: the prompt column (default: prompt)")
+    parser.add_argument("--id-column", default=None, help="datasets input: the id column (default: row numbers)")
+    parser.add_argument("--truncate", choices=TRUNCATE_RULES, default="left",
+                        help="a prompt longer than the policy allows with --max-new-tokens: left = keep its last "
+                             "tokens (default), error = refuse, naming the records")  # fmt: skip
     parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion, meta)")
     parser.add_argument("--n-per-prompt", type=int, default=1, help="completions per prompt (default: 1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -90,11 +96,13 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    records = read_prompts(args.prompts)  # checked before the (slow) model load
+    records = read_prompts(args.prompts, args.prompt_column, args.id_column)  # checked before the (slow) model load
     from .evaluate import pick_device
-    from .generation import generate, load_policy
+    from .generation import fit_prompts, generate, load_policy, prompt_token_budget
 
     model, tokenizer = load_policy(args.policy, pick_device(args.device))
+    budget = prompt_token_budget([model], args.max_new_tokens)
+    fit_prompts(tokenizer, records, budget, args.truncate, who="sample", source=str(args.prompts))
     n_per_prompt = 2 if args.pairs else args.n_per_prompt
     # Each prompt repeated K times, side by side in the batch: one generate call per batch, not per sample.
     expanded = [(r, k) for r in records for k in range(n_per_prompt)]

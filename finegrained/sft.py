@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from .config import compose_from_argv, log, save_config
 from .errors import FinegrainedError
 from .io import atomic_directory, read_string_records
+from .progress import Progress
 
 IGNORE_INDEX = -100
 
@@ -44,16 +44,11 @@ def load_corpus(cfg: DictConfig) -> tuple[list[dict], list[dict]]:
 def build_model(cfg: DictConfig, texts: list[str]):
     """A causal LM and tokenizer: ``from_pretrained`` on ``model.name_or_path``, or a tiny GPT-2 with a
     tokenizer trained on ``texts``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from .generation import load_causal_lm
     from .models.tiny import tiny_causal_lm, train_tokenizer
 
     if cfg.model.name_or_path:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
-            model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path)
-        except (OSError, ValueError) as e:
-            raise FinegrainedError(f"{cfg.model.name_or_path}: cannot load a causal LM: {e}") from None
+        model, tokenizer = load_causal_lm(cfg.model.name_or_path, "model.name_or_path")
         if tokenizer.eos_token_id is None:
             raise FinegrainedError(f"{cfg.model.name_or_path}: the tokenizer has no EOS token")
         if tokenizer.pad_token_id is None:
@@ -97,7 +92,13 @@ def encode_all(tokenizer, pairs: list[dict], max_length: int, what: str) -> list
     skipped = sum(e is None for e in encoded)
     if skipped:
         log(f"[sft] warning: skipped {skipped} of {len(pairs)} {what} examples whose completion does not fit in {max_length} tokens")
-    return [e for e in encoded if e is not None]
+    kept = [e for e in encoded if e is not None]
+    # encode_example keeps a long prompt's end (the left rule of finegrained.generation); say how often
+    cut = sum(len(tokenizer(p["prompt"], add_special_tokens=False).input_ids) > sum(lab == IGNORE_INDEX for lab in e[1])
+              for p, e in zip(pairs, encoded) if e is not None)  # fmt: skip
+    if cut:
+        log(f"[sft] cut the prompt of {cut} of {len(kept)} {what} examples from the left to fit {max_length} tokens")
+    return kept
 
 
 @torch.no_grad()
@@ -152,11 +153,11 @@ def train_sft(cfg: DictConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     writer = SummaryWriter(str(out / "tb")) if accelerator.is_main_process else None
     log(f"[sft] {len(train_examples)} training examples, {total_steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    initial_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else float("nan")
+    initial_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
     rng = random.Random(cfg.seed)
     step = 0
     model.train()
-    bar = tqdm(total=total_steps, desc="sft", disable=not (cfg.train.progress and accelerator.is_main_process))
+    bar = Progress(total_steps, "sft", bar=bool(cfg.train.progress), enabled=accelerator.is_main_process)
     for epoch in range(cfg.train.epochs):
         order = list(range(len(train_examples)))
         rng.shuffle(order)
@@ -171,22 +172,27 @@ def train_sft(cfg: DictConfig) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+            bar.update(1, loss=round(loss.item(), 4), epoch=epoch)
             if writer is not None and step % cfg.train.log_every == 0:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and accelerator.is_main_process:
                 save_hf_dir(model, tokenizer, out / "checkpoints" / f"step-{step}", accelerator)
     bar.close()
-    final_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else float("nan")
+    final_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
     if writer is not None:
-        writer.add_scalar("eval/loss", final_eval, step)
+        if final_eval is not None:
+            writer.add_scalar("eval/loss", final_eval, step)
         writer.close()
     if accelerator.is_main_process:
         save_hf_dir(model, tokenizer, out / "final", accelerator, overwrite=bool(cfg.overwrite))
-    log(f"[sft] eval loss per completion token {initial_eval:.3f} -> {final_eval:.3f}; wrote {out / 'final'}")
-    return {"initial_eval_loss": initial_eval, "eval_loss": final_eval, "steps": step}
+    if final_eval is None:
+        log(f"[sft] no eval data (set data.eval=<pairs.jsonl> for an eval loss); wrote {out / 'final'}")
+    else:
+        log(f"[sft] eval loss per completion token {initial_eval:.3f} -> {final_eval:.3f}; wrote {out / 'final'}")
+    nan = float("nan")  # the returned figures stay floats; None above only decides what is printed
+    return {"initial_eval_loss": nan if initial_eval is None else initial_eval,
+            "eval_loss": nan if final_eval is None else final_eval, "steps": step}  # fmt: skip
 
 
 def _chunks(items: list, size: int):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from finegrained import agreement
+from finegrained.errors import FinegrainedError
 from finegrained.data import validate_file
 from finegrained.schema import load_schema
 
@@ -139,3 +141,26 @@ def test_preference_agreement_from_app_journals(tmp_path):
     assert agreement.main(["--schema", "synthetic_qa", x, y, "--merge", str(merged)]) == 0
     assert validate_file(merged, load_schema("synthetic_qa")) == []
     assert len(merged.read_text().splitlines()) == 2
+
+
+def test_one_annotator_is_refused_with_exit_2(tmp_path, capsys):
+    from finegrained import cli
+
+    path = tmp_path / "solo.jsonl"
+    write_jsonl(path, [span("a", "Bora is a town.", [], "ann-1"), span("b", "Kelt is a village.", [], "ann-1")])
+    with pytest.raises(FinegrainedError, match=r"at least two annotators; the files hold only one annotator \(ann-1\)"):
+        agreement.main(["--schema", "synthetic_qa", str(path), "--json", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+    assert cli.main(["agreement", "--schema", "synthetic_qa", str(path)]) == 2
+    assert "nan" not in capsys.readouterr().out
+
+
+def test_undefined_figures_print_as_n_a_with_the_reason():
+    table = agreement.format_table({
+        "relevance": {"kind": "span", "annotators": 1, "units": 0, "statistic": "krippendorff_alpha",
+                      "krippendorff_alpha": math.nan, "percent_agreement": math.nan},
+        "factuality": {"kind": "span", "annotators": 2, "units": 4, "statistic": "cohen_kappa",
+                       "cohen_kappa": 0.5, "percent_agreement": 0.75},
+    })  # fmt: skip
+    assert "nan" not in table and "note: relevance: n/a (one annotator)" in table
+    assert "0.500" in table and "75.0" in table

@@ -92,3 +92,25 @@ def test_sample_input_and_argument_errors(policy_dir, tmp_path):
     with pytest.raises(FinegrainedError, match="--top-p must be in"):
         sample.main([*argv, "--top-p", "1.5"])
     assert not out.exists()
+
+
+def test_a_missing_policy_says_no_such_directory(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    common = ["--prompts", str(prompts), "--output", str(tmp_path / "out.jsonl")]
+    with pytest.raises(FinegrainedError, match=r"--policy=.*outputs/nope/final: no such directory$"):
+        sample.main(["--policy", str(tmp_path / "outputs" / "nope" / "final"), *common])
+    # a bare name could be a hub id: it is tried, and the message still leads with the missing directory
+    with pytest.raises(FinegrainedError, match=r"--policy=nope: no such directory, and not loadable as a Hugging Face hub id"):
+        sample.main(["--policy", "nope", *common])
+
+
+def test_prompts_from_a_saved_dataset(policy_dir, tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"question": ["facts: Bora is a town.", "question: what?"]}).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out.jsonl"
+    assert sample.main(["--policy", str(policy_dir), "--prompts", str(tmp_path / "ds"), "--prompt-column", "question",
+                        "--output", str(out), "--max-new-tokens", "4"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["prompt"]) for r in records] == [("p1-0", "facts: Bora is a town."), ("p2-0", "question: what?")]

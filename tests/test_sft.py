@@ -52,3 +52,14 @@ def test_bad_pairs_file_names_file_line_and_field(tmp_path):
     text = str(info.value)
     assert f"{bad}:2: completion: must be a string" in text
     assert f"{bad}:3: not valid JSON" in text
+
+
+def test_without_eval_data_sft_says_so_instead_of_nan(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"question {i}:", "completion": f" answer {i}"}) + "\n" for i in range(8)))
+    argv = [f"output_dir={tmp_path / 'sft'}", f"data.train={pairs}", "train.epochs=1", "train.batch_size=4",
+            "model.n_layer=1", "model.n_embd=32", "model.vocab_size=300", "train.progress=false"]  # fmt: skip
+    assert sft.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "nan" not in err and "no eval data" in err
+    assert "[sft] 2/2 steps" in err  # train.progress=false still writes a summary line

@@ -156,6 +156,79 @@ def evaluate_joint_model_dir(model_dir: Path, metadata: dict, data: str | Path, 
     return {f"{name}/{k}": v for name in names for k, v in found[name].items()}
 
 
+def record_text_key(obj) -> str | None:
+    """A hash of what a reward model reads of an annotated record: prompt and completion (span records) or
+    prompt and the two outputs in either order (preference records); None for anything else."""
+    import hashlib
+    import json
+
+    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+        return None
+    if isinstance(obj.get("completion"), str):
+        parts = ["span", obj["prompt"], obj["completion"]]
+    elif isinstance(obj.get("chosen"), str) and isinstance(obj.get("rejected"), str):
+        parts = ["pair", obj["prompt"], *sorted((obj["chosen"], obj["rejected"]))]
+    else:
+        return None
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def file_text_keys(path: str | Path) -> list[str]:
+    """``record_text_key`` of every record of a JSONL file (records it cannot read are skipped)."""
+    import json
+
+    keys = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                key = record_text_key(json.loads(line)) if line.strip() else None
+            except json.JSONDecodeError:
+                key = None
+            if key is not None:
+                keys.append(key)
+    return keys
+
+
+TRAINING_DATA_KEYS = ("train", "preferences")  # finegrained.json data entries the model was trained on
+
+
+def training_overlap(metadata: dict, data: str | Path) -> tuple[int, int, list[str]]:
+    """``(overlapping, records, notes)``: how many records of ``data`` the model was trained on, judged by
+    prompt and output text against the training files named in ``finegrained.json`` (a file whose hash
+    changed since training is not trusted), and notes on what could not be checked."""
+    from .train import file_sha256
+
+    keys = file_text_keys(data)
+    data_sha = file_sha256(data)
+    seen: set[str] = set()
+    notes = []
+    for role in TRAINING_DATA_KEYS:
+        entry = (metadata.get("data") or {}).get(role)
+        if not isinstance(entry, dict) or not entry.get("path"):
+            continue
+        path, recorded = Path(entry["path"]), entry.get("sha256")
+        if recorded and recorded == data_sha:
+            return len(keys), len(keys), []  # the very file the model was trained on
+        if not path.is_file():
+            notes.append(f"cannot check overlap with the training file {path}: it is no longer there")
+        elif recorded and file_sha256(path) != recorded:
+            notes.append(f"cannot check overlap with the training file {path}: it changed since training")
+        else:
+            seen.update(file_text_keys(path))
+    return sum(k in seen for k in keys), len(keys), notes
+
+
+def warn_about_overlap(metadata: dict, data: Path) -> int:
+    """Log a warning when ``data`` holds records the model was trained on; returns how many."""
+    overlap, total, notes = training_overlap(metadata, data)
+    if overlap:
+        log(f"warning: {overlap} of {total} records of {data} are in the model's training data: these metrics "
+            f"overstate how well it does on new text")  # fmt: skip
+    for note in notes:
+        log(f"note: {note}")
+    return overlap
+
+
 def main(argv: list[str]) -> int:
     from ..io import atomic_write_json
 
@@ -170,9 +243,13 @@ def main(argv: list[str]) -> int:
     model_dir = Path(cfg.model_dir)
     data = Path(cfg.data)
     metrics = evaluate_model_dir(model_dir, data, cfg.get("schema"), int(cfg.batch_size), cfg.get("device"))
-    metrics = {**metrics, "data": str(data)}
+    overlap = warn_about_overlap(read_metadata(model_dir), data)
+    metrics = {**metrics, "data": str(data), "records_in_training_data": overlap}
     output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else model_dir / "eval" / data.stem
     atomic_write_json(output_dir / METRICS_FILE, metrics)
-    print(format_metrics_table({k: v for k, v in metrics.items() if k != "data"}, f"eval-rm: {data.name}"))
+    print(format_metrics_table({k: v for k, v in metrics.items() if k not in ("data", "records_in_training_data")},
+                               f"eval-rm: {data.name}"))  # fmt: skip
+    if overlap:
+        print(f"warning: {overlap} of these records are in the model's training data")
     log(f"wrote {output_dir / METRICS_FILE}")
     return 0

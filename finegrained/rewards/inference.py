@@ -98,6 +98,11 @@ class RewardModelJudge(JudgeCall):
         self.normalisation: dict[str, float] | None = metadata.get("normalisation")
         self.segmentation = SegmentationConfig(**metadata.get("segmentation", {}))
         self.max_length: int = int(metadata["max_length"])
+        if getattr(model, "config", None) is not None:
+            from .train import backbone_max_length  # train imports this module
+
+            # never more tokens than the backbone has positions, whatever the metadata says
+            self.max_length = backbone_max_length(model, tokenizer, self.max_length)
         self.layout = InputLayout.for_tokenizer(tokenizer)
         self.marker_id = (
             tokenizer.convert_tokens_to_ids(metadata["marker_token"]) if self.kind == "span" else None

@@ -416,9 +416,9 @@ class BestCheckpoint:
 def train_reward_model(cfg) -> dict[str, Any]:
     """Run one ``train-rm`` configuration end to end; returns the final metrics."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from ..progress import Progress
     from ..schema import load_schema
 
     if cfg.get("categories"):
@@ -571,8 +571,8 @@ def train_reward_model(cfg) -> dict[str, Any]:
         checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
         step = 0
         model.train()
-        progress = tqdm(total=total_steps, desc=f"train-rm {category.name}", unit="step",
-                        disable=not (bool(tcfg.get("progress", True)) and accelerator.is_main_process))
+        progress = Progress(total_steps, f"train-rm {category.name}", bar=bool(tcfg.get("progress", True)),
+                            enabled=accelerator.is_main_process)
         for epoch in range(int(tcfg.epochs)):
             for batch in loader:
                 with accelerator.autocast():
@@ -588,8 +588,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
                 step += 1
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                progress.update(1, loss=round(loss.item(), 4), epoch=epoch)
                 if eval_every and step % eval_every == 0 and step < total_steps:
                     checkpoints.check(step)
         progress.close()

@@ -276,8 +276,9 @@ def _categories(cfg, schema) -> list[Category]:
 def train_joint_reward_model(cfg) -> dict[str, Any]:
     """Run one ``train-rm categories=[...]`` configuration end to end; returns the final metrics."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
+
+    from ..progress import Progress
 
     from ..data import load_span_records
     from ..schema import load_schema
@@ -451,7 +452,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
         model.train()
         names = ", ".join(c.name for c in categories)
-        progress = tqdm(total=total_steps, desc=f"train-rm {names}", unit="step", disable=not (bool(tcfg.get("progress", True)) and accelerator.is_main_process))
+        progress = Progress(total_steps, f"train-rm {names}", bar=bool(tcfg.get("progress", True)), enabled=accelerator.is_main_process)
         for step in range(1, total_steps + 1):
             batch = next_batch(step)
             with accelerator.autocast():
@@ -466,8 +467,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
             for name, value in parts.items():
                 writer.add_scalar(f"train/loss_{name}", value, step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", epoch=(step - 1) // steps_per_epoch)
+            progress.update(1, loss=round(loss.item(), 4), epoch=(step - 1) // steps_per_epoch)
             if eval_every and step % eval_every == 0 and step < total_steps:
                 checkpoints.check(step)
         progress.close()

@@ -15,12 +15,13 @@ from .functional import logprobs_and_entropy
 @torch.no_grad()
 def sample_responses(
     policy, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-    top_p: float = 1.0, min_new_tokens: int = 0,
+    top_p: float = 1.0, min_new_tokens: int = 0, max_prompt_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Sample one response per prompt with KV cache. Returns ``query_ids`` (B, P), ``query_mask`` (B, P),
-    ``response_ids`` (B, T) and ``response_mask`` (B, T); padding after EOS is the pad id."""
+    ``response_ids`` (B, T) and ``response_mask`` (B, T); padding after EOS is the pad id. A prompt longer
+    than ``max_prompt_tokens`` keeps its last ones (``finegrained.generation.encode_prompts``)."""
     device = next(policy.parameters()).device
-    query_ids, query_mask = encode_prompts(tokenizer, prompts, device)
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, device, max_tokens=max_prompt_tokens)
     out = policy.generate(
         input_ids=query_ids,
         attention_mask=query_mask.long(),

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ..config import compose_from_argv, log, save_config
 from ..errors import FinegrainedError
+from ..generation import check_local_source, fit_prompts, prompt_token_budget
+from ..progress import Progress
 from ..io import atomic_directory
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import RewardScorer, has_non_finite
@@ -63,13 +64,15 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - started
 
 
-def load_task_prompts(cfg: DictConfig) -> list[str]:
-    from hydra.utils import instantiate
+def load_task_records(cfg: DictConfig) -> list[dict]:
+    """The task's checked training prompt records (``finegrained.tasks.files.load_prompts``)."""
+    from ..tasks.files import load_prompts
 
-    records = instantiate(cfg.task.prompts, split="train", seed=cfg.seed)
-    if not records:
-        raise FinegrainedError("the task gave no training prompts")
-    return [r["prompt"] for r in records]
+    return load_prompts(cfg.task, "train", seed=cfg.seed)
+
+
+def load_task_prompts(cfg: DictConfig) -> list[str]:
+    return [r["prompt"] for r in load_task_records(cfg)]
 
 
 class PPOTrainer:
@@ -84,12 +87,15 @@ class PPOTrainer:
         self.is_main = self.accelerator.is_main_process
         self._check_output_dir()
         set_seed(cfg.seed)
-        self.prompts = load_task_prompts(cfg)
+        records = load_task_records(cfg)
+        self.prompts = [r["prompt"] for r in records]
+        check_local_source(cfg.policy.name_or_path or "", "policy.name_or_path")
         policy, self.tokenizer = build_policy(cfg, self.out, self.prompts, save_initial=self.is_main)
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         # The value model first: a separate value trunk is a full, trainable copy of the initial policy.
         value = build_value_model(cfg, policy)
+        self.prompt_budget = self._fit_prompts(records, policy, value)
         if cfg.lora.r:
             # LoRA: the policy's weights stay frozen; the reference is the policy with its adapters off.
             adapted = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
@@ -131,6 +137,16 @@ class PPOTrainer:
         existing = checkpoint_dirs(self.out) or (self.out / "final").exists()
         if existing and not (self.cfg.resume or self.cfg.overwrite):
             raise FinegrainedError(f"{self.out} already holds a PPO run; pass resume=true to continue it or overwrite=true to start over")
+
+    def _fit_prompts(self, records: list[dict], policy, value) -> int | None:
+        """Prompt tokens that leave room for max_new_tokens in the policy and a separate value trunk;
+        too-long prompts are cut from the left or refused, by ``task.truncate``."""
+        models = [policy] if self.cfg.value.shared else [policy, getattr(value, "trunk", value)]
+        budget = prompt_token_budget(models, self.cfg.generation.max_new_tokens)
+        rule = self.cfg.task.get("truncate") or "left"
+        source = f"task={self.cfg.task.get('name') or '?'} (train)"
+        fit_prompts(self.tokenizer, records, budget, rule, who="ppo", source=source, quiet=not self.is_main)
+        return budget
 
     def _oracle(self):
         oracle_cfg = self.cfg.task.get("oracle")
@@ -200,7 +216,7 @@ class PPOTrainer:
                 query_ids, query_mask, response_ids, response_mask = sample_responses(
                     policy, self.tokenizer, prompts, max_new_tokens=cfg.generation.max_new_tokens,
                     temperature=cfg.generation.temperature, top_k=cfg.generation.top_k, top_p=cfg.generation.top_p,
-                    min_new_tokens=cfg.generation.min_new_tokens,
+                    min_new_tokens=cfg.generation.min_new_tokens, max_prompt_tokens=self.prompt_budget,
                 )  # fmt: skip
             policy.train()
         # 2. score: decode with offsets, every category judges the text
@@ -381,13 +397,12 @@ class PPOTrainer:
         total = cfg.ppo.iterations
         if self.is_main:
             log(f"[ppo] iterations {self.iteration + 1}..{total}, {cfg.ppo.batch_size} episodes each, categories: {', '.join(self.scorer.names)}")
-        bar = tqdm(total=total, initial=self.iteration, desc="ppo", disable=not (self.is_main and cfg.log.progress))
+        bar = Progress(total, "ppo", unit="iterations", initial=self.iteration, bar=bool(cfg.log.progress), enabled=self.is_main)
         stats: dict = {}
         while self.iteration < total:
             stats = self.run_iteration()
             self.log_stats(stats)
-            bar.update(1)
-            bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.3f}")
+            bar.update(1, reward=stats["reward/total"], kl=stats["kl"])
             if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0:
                 self.save_checkpoint()
         bar.close()
