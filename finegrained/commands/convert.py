@@ -1,9 +1,15 @@
 """``finegrained convert <format> IN OUT_DIR``: import public annotation formats.
 
-Formats: ``qa-feedback`` (``train_feedback.json`` / ``dev_feedback.json`` of Wu et al. 2023) ->
-``OUT_DIR/spans.jsonl`` and ``OUT_DIR/preferences.jsonl`` (holistic comparisons, and completeness
-comparisons derived from the corrected answers), validated against the schema before they
-are moved into place. A malformed input prints ``FILE: message`` and exits 2.
+Formats:
+
+* ``qa-feedback`` (``train_feedback.json`` / ``dev_feedback.json`` of Wu et al. 2023) ->
+  ``OUT_DIR/spans.jsonl``, ``OUT_DIR/preferences.jsonl`` (holistic comparisons, and completeness
+  comparisons derived from the corrected answers) and ``OUT_DIR/prompts.jsonl`` (the policy's prompts with
+  the gold answers as references), validated against the schema before they are moved into place;
+* ``label-studio`` (a Label Studio JSON export of tasks made by ``finegrained sample --format label-studio``)
+  -> ``OUT_DIR/spans.jsonl`` and ``OUT_DIR/preferences.jsonl``, offsets converted from UTF-16 units.
+
+A malformed input prints ``FILE: message`` and exits 2.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import sys
 
 from ..errors import EXIT_USER_ERROR, FinegrainedError
 
-FORMATS = ("qa-feedback",)
+FORMATS = ("qa-feedback", "label-studio")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("format", choices=FORMATS, help="input format")
     parser.add_argument(
-        "input", metavar="IN", help="input file (qa-feedback: train_feedback.json or dev_feedback.json)"
+        "input", metavar="IN", help="input file (qa-feedback: train_feedback.json or dev_feedback.json; label-studio: the JSON export)"
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="directory for spans.jsonl and preferences.jsonl")
     parser.add_argument(
@@ -34,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.format == "label-studio":
+        return convert_label_studio(args)
     from ..convert import qa_feedback
 
     try:
@@ -51,6 +59,17 @@ def main(argv: list[str]) -> int:
         f"(category {qa_feedback.PREFERENCE_CATEGORY}; {stats.ties_dropped} ties dropped)\n"
         f"{args.out_dir}/preferences.jsonl: {stats.completeness_pairs} completeness pairs derived from "
         f"corrected-prediction coverage ({stats.completeness_skipped} examples skipped without required "
-        f"information; {stats.completeness_ties_dropped} equal-coverage pairs dropped)"
+        f"information; {stats.completeness_ties_dropped} equal-coverage pairs dropped)\n"
+        f"{args.out_dir}/{qa_feedback.PROMPTS_FILE}: {stats.questions} prompts (task=jsonl task.train=...)"
     )
+    return 0
+
+
+def convert_label_studio(args: argparse.Namespace) -> int:
+    from ..convert import label_studio
+    from ..schema import load_schema
+
+    written = label_studio.convert_export(args.input, args.out_dir, load_schema(args.schema))
+    print(f"{args.out_dir}/spans.jsonl: {written['spans.jsonl']} span records\n"
+          f"{args.out_dir}/preferences.jsonl: {written['preferences.jsonl']} preference records (ties dropped)")
     return 0

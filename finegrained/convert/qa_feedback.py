@@ -52,6 +52,7 @@ from ..data import (
     write_records,
 )
 from ..errors import InputError, Problem
+from ..io import atomic_write_jsonl
 from ..schema import AnnotationSchema, load_schema
 from .completeness import (  # PAIRS: the prediction pairs the six ``preference`` values compare
     COMPLETENESS_CATEGORY,
@@ -64,6 +65,7 @@ from .completeness import (  # PAIRS: the prediction pairs the six ``preference`
 )
 
 TIE, FIRST_PREFERRED, SECOND_PREFERRED = 0, 1, 2
+PROMPTS_FILE = "prompts.jsonl"
 PREFERENCE_CATEGORY = "holistic"
 
 
@@ -262,7 +264,8 @@ def convert(
     schema: AnnotationSchema | str = "qa_feedback",
     progress: bool | None = None,
 ) -> ConversionStats:
-    """Convert a QA-Feedback file into ``out_dir/spans.jsonl`` and ``out_dir/preferences.jsonl``.
+    """Convert a QA-Feedback file into ``out_dir/spans.jsonl``, ``out_dir/preferences.jsonl`` and
+    ``out_dir/prompts.jsonl`` (``{"id", "prompt", "reference"}`` per question, for ``task=jsonl``).
 
     Both files are written to a temporary directory inside ``out_dir``, validated against ``schema``,
     and only then moved into place, so ``out_dir`` never holds a half-written or invalid output.
@@ -278,6 +281,7 @@ def convert(
     stats = ConversionStats()
     span_records: list[SpanRecord] = []
     preference_records: list[PreferenceRecord] = []
+    prompts: list[dict] = []  # the policy's prompts (and gold answers) for task=jsonl
     disable = None if progress is None else not progress
     # the schema's sub-sentence rule, as for the reward models that will learn from these pairs
     split_sub_sentences = schema_sub_sentence_splitter(schema.segmentation)
@@ -288,6 +292,9 @@ def convert(
             )
             span_records.append(span_record)
             preference_records.extend(preferences)
+            gold = example.get("gold")
+            prompts.append({"id": span_record.id, "prompt": span_record.prompt}
+                           | ({"reference": gold} if isinstance(gold, str) and gold.strip() else {}))
     except _Malformed as e:
         raise InputError(str(e), file=in_path) from None
 
@@ -307,6 +314,7 @@ def convert(
         if problems:
             # Our own output failed the schema: a bug or a schema without QA-Feedback's labels.
             raise InputError([Problem(str(in_path), None, "converted records failed validation:"), *problems])
-        for name in staged:
+        atomic_write_jsonl(Path(tmp) / PROMPTS_FILE, prompts)
+        for name in (*staged, PROMPTS_FILE):
             os.replace(Path(tmp) / name, out_dir / name)
     return stats
