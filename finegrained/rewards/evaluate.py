@@ -27,9 +27,10 @@ JSONL for preference models) and writes metrics.json (default: <model>/eval/<dat
 
 
 def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample], threshold: float = 0.5) -> dict:
-    """Segment-level metrics of a span judge on labelled examples (every segment counts, none skipped)."""
+    """Segment-level metrics of a span judge on labelled examples (every segment counts except the ignored
+    ones, label ``None``: see ``span_metrics_of``)."""
     if not examples:
-        return span_metrics([], [])
+        return {**span_metrics([], []), "n_ignored": 0}
     p_error = judge.score_segments(
         [e.prompt for e in examples], [e.completion for e in examples], [e.segments for e in examples]
     )
@@ -37,10 +38,20 @@ def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample]
 
 
 def span_metrics_of(examples: Sequence[SpanExample], p_error: Sequence[Sequence[float]], threshold: float = 0.5) -> dict:
-    """Segment-level metrics of per-segment error probabilities against the examples' labels."""
-    labels = [y for e in examples for y in e.labels]
-    predictions = [LABEL_ERROR if p > threshold else LABEL_CLEAN for ps in p_error for p in ps]
-    return span_metrics(labels, predictions)
+    """Segment-level metrics of per-segment error probabilities against the examples' labels.
+
+    Ignored segments (label ``None``) are in no metric (``n_segments``, ``error_fraction`` and the
+    baselines included); ``n_ignored`` counts them.
+    """
+    labels, predictions, n_ignored = [], [], 0
+    for e, ps in zip(examples, p_error, strict=True):
+        for y, p in zip(e.labels, ps, strict=True):
+            if y is None:
+                n_ignored += 1
+                continue
+            labels.append(y)
+            predictions.append(LABEL_ERROR if p > threshold else LABEL_CLEAN)
+    return {**span_metrics(labels, predictions), "n_ignored": n_ignored}
 
 
 def evaluate_joint_span_judge(judge, examples_by_category: dict[str, Sequence[SpanExample]]) -> dict[str, dict]:
@@ -51,7 +62,7 @@ def evaluate_joint_span_judge(judge, examples_by_category: dict[str, Sequence[Sp
     """
     first = next(iter(examples_by_category.values()), [])
     if not first:
-        return {name: span_metrics([], []) for name in examples_by_category}
+        return {name: {**span_metrics([], []), "n_ignored": 0} for name in examples_by_category}
     segments = {judge.categories[name]["granularity"]: [e.segments for e in examples]
                 for name, examples in examples_by_category.items()}  # fmt: skip
     scored = judge.score([e.prompt for e in first], [e.completion for e in first], segments)
@@ -150,7 +161,8 @@ def evaluate_joint_model_dir(model_dir: Path, metadata: dict, data: str | Path, 
     else:
         min_overlap = int(metadata.get("min_overlap_words", 1))
         found = evaluate_joint_span_judge(judge, {
-            name: span_examples_from_records(report.records, annotation_schema.category(name), judge.segmentation, min_overlap)
+            name: span_examples_from_records(report.records, annotation_schema.category(name), judge.segmentation,
+                                             min_overlap, schema=annotation_schema)
             for name in names
         })  # fmt: skip
     return {f"{name}/{k}": v for name in names for k, v in found[name].items()}

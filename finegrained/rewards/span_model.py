@@ -91,10 +91,13 @@ class SpanWindow:
     token_type_ids: list[int] | None = None
     whole_completion: bool = True
 
-    def labels(self, segment_labels: Sequence[int]) -> list[int]:
-        """Per-token labels: the segment's label on its marker, ``IGNORE_INDEX`` elsewhere."""
+    def labels(self, segment_labels: Sequence[int | None]) -> list[int]:
+        """Per-token labels: the segment's label on its marker, ``IGNORE_INDEX`` elsewhere and on the
+        markers of ignored segments (label ``None``, see ``finegrained.labels``)."""
         out = [IGNORE_INDEX] * len(self.input_ids)
         for pos, seg in zip(self.marker_positions, self.segment_indices):
+            if segment_labels[seg] is None:
+                continue
             label = int(segment_labels[seg])
             if label not in (LABEL_CLEAN, LABEL_ERROR):
                 raise ValueError(f"segment label must be {LABEL_CLEAN} or {LABEL_ERROR}, got {label!r}")
@@ -314,39 +317,45 @@ def span_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str,
 
 @dataclass
 class SpanExample:
-    """One completion with its segments and per-segment labels for one category."""
+    """One completion with its segments and per-segment labels (0, 1 or ``None`` = ignored) for one category."""
 
     id: str
     prompt: str
     completion: str
     segments: list[Span]
-    labels: list[int]
+    labels: list[int | None]
+
+    @property
+    def all_ignored(self) -> bool:
+        """Every segment ignored: the example teaches its category nothing (training skips it)."""
+        return bool(self.labels) and all(y is None for y in self.labels)
 
 
 def span_examples_from_records(
-    records, category, segmentation, min_overlap_words: int = 1
+    records, category, segmentation, min_overlap_words: int = 1, *, schema=None
 ) -> list[SpanExample]:
-    """Segment each record's completion at the category's granularity and project its spans to labels.
+    """Segment each record's completion at the category's granularity and label the segments with
+    ``finegrained.labels.segment_labels_batch`` (short spans dropped, ignore rule applied).
 
     Args:
         records: ``finegrained.data.SpanRecord`` objects (anything with id, prompt, completion, spans).
         category: the ``schema.Category`` to label.
         segmentation: the ``SegmentationConfig`` to segment with.
+        schema: the ``AnnotationSchema`` whose rules apply (other categories' short spans and
+            ``ignore_overlapping``); ``None``: a schema of ``category`` alone.
     """
-    from ..labels import project_labels
+    from ..labels import segment_labels_batch
+    from ..schema import AnnotationSchema
     from ..segment import get_segmenter
 
     records = list(records)
-    all_segments = get_segmenter(segmentation).segment([r.completion for r in records], category.granularity)
+    if schema is None:
+        schema = AnnotationSchema(name=category.name, categories=(category,))
+    labelled = segment_labels_batch(records, schema, category, get_segmenter(segmentation),
+                                    min_overlap_words=min_overlap_words)
     return [
-        SpanExample(
-            id=str(r.id),
-            prompt=r.prompt,
-            completion=r.completion,
-            segments=[tuple(s) for s in segs],
-            labels=project_labels(r.completion, segs, r.spans, category, min_overlap_words),
-        )
-        for r, segs in zip(records, all_segments)
+        SpanExample(id=str(r.id), prompt=r.prompt, completion=r.completion, segments=segs, labels=labels)
+        for r, (segs, labels) in zip(records, labelled)
     ]
 
 
@@ -355,4 +364,6 @@ def load_span_examples(path, schema, category, segmentation=None, min_overlap_wo
     from ..data import load_span_records
 
     records = load_span_records(path, schema)
-    return span_examples_from_records(records, category, segmentation or schema.segmentation, min_overlap_words)
+    return span_examples_from_records(
+        records, category, segmentation or schema.segmentation, min_overlap_words, schema=schema
+    )

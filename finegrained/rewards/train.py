@@ -44,6 +44,7 @@ from .preference_model import (
     pad_sequences,
 )
 from .span_model import (
+    IGNORE_INDEX,
     LABEL_CLEAN,
     LABEL_ERROR,
     LABEL_MAP,
@@ -317,11 +318,16 @@ def _split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]
 
 def _span_training_items(tokenizer, examples: Sequence[SpanExample], view: PromptView, max_length: int,
                          n_types: int):
-    """Encode examples (prompts as ``view`` shows them); returns (items, counts). Items are (window, labels)."""
+    """Encode examples (prompts as ``view`` shows them); returns (items, counts). Items are (window,
+    per-token labels) pairs. An example whose segments are all ignored for the category is skipped
+    (counted), as the paper's script does."""
     layout = InputLayout.for_tokenizer(tokenizer)
     marker_id = tokenizer.convert_tokens_to_ids(MARKER_TOKEN)
-    items, too_long, no_segments, prompt_cut = [], 0, 0, 0
+    items, too_long, no_segments, prompt_cut, all_ignored = [], 0, 0, 0, 0
     for e in examples:
+        if e.all_ignored:
+            all_ignored += 1
+            continue
         windows = encode_span_input(
             tokenizer, layout, marker_id, view.of(e.prompt), e.completion, e.segments, max_length, n_types
         )
@@ -334,7 +340,9 @@ def _span_training_items(tokenizer, examples: Sequence[SpanExample], view: Promp
         window = windows[0]
         prompt_cut += window.prompt_tokens_kept < window.prompt_tokens_total
         items.append((window, window.labels(e.labels)))
-    return items, {"skipped_too_long": too_long, "skipped_no_segments": no_segments, "prompt_truncated": prompt_cut}
+    counts = {"skipped_too_long": too_long, "skipped_no_segments": no_segments, "prompt_truncated": prompt_cut,
+              "skipped_all_ignored": all_ignored}
+    return items, counts
 
 
 def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], view: PromptView, max_length: int):
@@ -501,15 +509,21 @@ def train_reward_model(cfg) -> dict[str, Any]:
     if kind == "span":
         items, counts = _span_training_items(
             tokenizer, train_data, view, max_length, segment_type_count(model))
-        n_segments = sum(len(w.marker_positions) for w, _ in items)
+        # ignored segments (IGNORE_INDEX on their markers) are neither in the loss nor in the class weights
+        n_segments = sum(1 for _, labels in items for y in labels if y != IGNORE_INDEX)
+        n_ignored = sum(len(w.marker_positions) for w, _ in items) - n_segments
         n_errors = sum(1 for _, labels in items for y in labels if y == LABEL_ERROR)
         error_fraction = n_errors / n_segments if n_segments else 0.0
         weights = class_weights(error_fraction) if tcfg.get("class_weighting", "balanced") == "balanced" else None
-        log(f"train-rm {category.name}: {len(items)} examples, {n_segments} segments, "
+        counts["n_train_ignored"] = n_ignored
+        log(f"train-rm {category.name}: {len(items)} examples, {n_segments} segments ({n_ignored} ignored), "
             f"error fraction {error_fraction:.3f}, class weights {None if weights is None else weights.tolist()}")
         if counts["skipped_too_long"]:
             log(f"warning: skipped {counts['skipped_too_long']} example(s) whose completion alone exceeds "
                 f"max_length={max_length} tokens")
+        if counts["skipped_all_ignored"]:
+            log(f"note: skipped {counts['skipped_all_ignored']} example(s) whose segments are all ignored "
+                f"for {category.name} (ignore_overlapping)")
         if counts["prompt_truncated"]:
             log(f"note: cut the prompt of {counts['prompt_truncated']} example(s) to fit max_length={max_length}")
     else:

@@ -112,32 +112,37 @@ class JointEncoder:
             segments, self.max_length, self.n_types,
         )  # fmt: skip
 
-    def span_items(self, records, min_overlap_words: int) -> tuple[list[SpanItem], dict[str, int]]:
-        """Encode span records; completions that do not fit in one window are skipped (counted)."""
-        from ..labels import project_all_categories
+    def span_items(self, records, schema, min_overlap_words: int) -> tuple[list[SpanItem], dict[str, int]]:
+        """Encode span records labelled by ``finegrained.labels`` under ``schema``'s rules; completions that do
+        not fit in one window, and records whose segments are ignored for every category, are skipped (counted).
+        A segment ignored for a category has ``IGNORE_INDEX`` on its marker in that category's labels."""
+        from ..labels import labels_by_category
 
-        items, too_long, prompt_cut = [], 0, 0
+        items, too_long, prompt_cut, all_ignored = [], 0, 0, 0
         all_segments = self.segment([r.completion for r in records])
         for record, segments in zip(records, all_segments):
+            segment_labels = labels_by_category(
+                record.completion, segments, record.spans, schema, self.span_categories, min_overlap_words
+            )
+            if all(labels and all(y is None for y in labels) for labels in segment_labels.values()):
+                all_ignored += 1
+                continue
             windows, index = self.encode(record.prompt, record.completion, segments)
             if not windows[0].whole_completion:
                 too_long += 1
                 continue
             window = windows[0]
             prompt_cut += window.prompt_tokens_kept < window.prompt_tokens_total
-            segment_labels = project_all_categories(
-                record.completion, segments, record.spans, self.span_categories, min_overlap_words
-            )
             labels = {}
             for category in self.span_categories:
                 by_union = dict(zip(index[category.granularity], segment_labels[category.name]))
                 token_labels = [IGNORE_INDEX] * len(window.input_ids)
                 for position, union_index in zip(window.marker_positions, window.segment_indices):
-                    if union_index in by_union:
+                    if by_union.get(union_index) is not None:
                         token_labels[position] = int(by_union[union_index])
                 labels[category.name] = token_labels
             items.append(SpanItem(window, labels))
-        return items, {"skipped_too_long": too_long, "prompt_truncated": prompt_cut}
+        return items, {"skipped_too_long": too_long, "prompt_truncated": prompt_cut, "skipped_all_ignored": all_ignored}
 
     def pair_items(self, pairs: Sequence[PreferencePair]) -> tuple[list[PairItem], int]:
         """Encode pairs; a pair with an output that does not fit in one window is skipped (counted)."""
@@ -368,7 +373,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
     # 3. encode
     n_types = segment_type_count(model)
     encoder = JointEncoder(tokenizer, schema.segmentation, span_categories, view, max_length, n_types)
-    span_items, counts = encoder.span_items(records, min_overlap)
+    span_items, counts = encoder.span_items(records, schema, min_overlap)
     pair_items: dict[str, list[PairItem]] = {}
     for name, ps in pairs.items():
         pair_items[name], counts[f"{name}/skipped_too_long"] = encoder.pair_items(ps)
@@ -411,7 +416,8 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         training=to_container(cfg), backbone=str(name_or_path or "tiny"), min_overlap_words=min_overlap, dropout=dropout,
         question_pattern=schema.question_pattern,
     )  # fmt: skip
-    eval_examples = {c.name: span_examples_from_records(eval_records, c, schema.segmentation, min_overlap) for c in span_categories}
+    eval_examples = {c.name: span_examples_from_records(eval_records, c, schema.segmentation, min_overlap, schema=schema)
+                     for c in span_categories}
 
     def evaluate_now() -> dict[str, Any]:
         judge = JointJudge(accelerator.unwrap_model(model), tokenizer, metadata, device=accelerator.device,
