@@ -32,6 +32,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -53,6 +54,8 @@ MAX_JSON_DEPTH = 16  # a real submission nests 3 deep ({"spans": [{...}]})
 MAX_STRING_CHARS = 10_000  # ids, labels and choices are short; this bounds what an error message can echo
 MAX_MESSAGE_CHARS = 1000  # of an error message sent back
 MAX_LOG_CHARS = 300  # of one log line
+LINGER_S = 2.0  # how long a closing connection still reads what the client sends (see shutdown_request)
+LINGER_MAX_BYTES = 4 * MAX_BODY_BYTES
 # Headers that decide how the body is framed or whom the request comes from: two of one are an attack or a bug.
 SINGLE_HEADERS = ("Host", "Origin", "Content-Length", "Content-Type", "Transfer-Encoding")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -210,6 +213,23 @@ class AnnotationServer(ThreadingHTTPServer):
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
         return f"http://{shown}:{port}/"
 
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Half-close, then read and drop what the client still sends for a moment before closing: closing
+        with unread bytes (an oversized body, headers past a limit) makes the kernel send a reset, which
+        can destroy the error answer still on its way to the client."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + LINGER_S, 0
+            while drained < LINGER_MAX_BYTES and (left := deadline - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # the client is gone or silent: nothing more to protect
+            pass
+        self.close_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """What escaped the handler (socketserver would print a traceback): one line."""
         error = sys.exc_info()[1]
@@ -234,6 +254,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         """One request. Every failure ends in one log line and, while the client is still there, a JSON
         answer: the base class would print a traceback for a client that hangs up or a handler that fails."""
         self.command, self.path, self.requestline, self._answered = "", "", "", False
+        self.request_version = self.default_request_version
         try:
             try:
                 self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE_BYTES + 1)
@@ -256,7 +277,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
             self._fail(HTTPStatus.REQUEST_TIMEOUT, f"the client sent nothing for {self.timeout:g} s")
         except ConnectionError as e:  # BrokenPipeError, ConnectionResetError, ...: the client is gone
             self.close_connection = True
-            self.log_error(f"{self.command or '-'} {self._path()[:80]}: client closed the connection ({type(e).__name__})")
+            self.log_error(f"{self._where()}: client closed the connection ({type(e).__name__})")
         except Exception as e:  # a bug: the client gets a 500, the log one line (never a traceback)
             self._fail(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", f"{type(e).__name__}: {e}")
 
@@ -292,7 +313,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         """Answer an error found mid-request, if nothing was sent yet and the client is still there."""
         self.close_connection = True
         if self._answered:
-            self.log_error(f"{self.command or '-'} {self._path()[:80]}: {detail or message} (after the answer began)")
+            self.log_error(f"{self._where()}: {detail or message} (after the answer began)")
             return
         try:
             self._error(status, message, detail)
@@ -324,7 +345,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         client that already did something wrong, makes it unsafe to reuse)."""
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-        self.log_error(f"{int(status)} {self.command or '-'} {self._path()[:80]}: {detail or message}")
+        self.log_error(f"{int(status)} {self._where()}: {detail or message}")
         self.close_connection = True
         self._json(status, {"error": message, "status": int(status)})
 
@@ -339,6 +360,10 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         sends Origin on POST; a client without one (curl, scripts) is not a web page acting for someone."""
         origin = self.headers.get("Origin")
         return origin is None or origin.strip().lower() == f"http://{self.headers.get('Host', '')}".lower()
+
+    def _where(self) -> str:
+        """``METHOD /path`` of the request being handled, for a log line."""
+        return f"{self.command or '-'} {self._path()[:80] or '-'}"
 
     def _path(self) -> str:
         try:
@@ -456,7 +481,7 @@ class AnnotationHandler(BaseHTTPRequestHandler):
             chunk = self.rfile.read1(min(remaining, 1 << 16))  # a stalled socket raises TimeoutError
             if not chunk:
                 self.close_connection = True
-                self.log_error(f"POST {self._path()[:80]}: client closed the connection before sending its body")
+                self.log_error(f"{self._where()}: client closed the connection before sending its body")
                 return None
             chunks.append(chunk)
             remaining -= len(chunk)
