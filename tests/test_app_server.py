@@ -347,6 +347,9 @@ PROBES = {
     # headers
     "header line over the limit": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
     "too many headers": (b"GET / HTTP/1.1\r\nHost: {host}\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", 431),
+    "header line without a colon": (b"GET / HTTP/1.1\r\nHost: {host}\r\nno colon here\r\n\r\n", 400),
+    "header line with a NUL byte": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX\x00Y: 1\r\n\r\n", 400),
+    "folded header line": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX-A: 1\r\n 2\r\n\r\n", 400),
     "two Host headers": (b"GET / HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\r\n", 400),
     "two Content-Length headers": (post_bytes(b'{"id": "q2", "spans": []}', "Content-Length: 5"), 400),
     "Content-Length with a sign": (post_bytes(b'{"id": "q2", "spans": []}', "Content-Length: +25", content_length=False), 400),

@@ -283,11 +283,17 @@ class AnnotationHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """The base class's parsing behind a strict request line (the base would take an HTTP/0.9 line and
-        wait for headers that never come), with at most one of each of ``SINGLE_HEADERS``."""
+        wait for headers that never come), with well-formed header lines and at most one of each of
+        ``SINGLE_HEADERS``."""
         if not _REQUEST_LINE.fullmatch(self.raw_requestline):
             self.send_error(HTTPStatus.BAD_REQUEST, "malformed request line (expected: METHOD /path HTTP/1.1)")
             return False
         if not super().parse_request():
+            return False
+        # A line without a colon (the parser takes it and the rest for a body) or a folded line (RFC 9112
+        # says to refuse it): proxies may read such headers differently, so none is read at all.
+        if self.headers.defects or self.headers.get_payload() or any("\n" in v for v in self.headers.values()):
+            self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line")
             return False
         for name in SINGLE_HEADERS:
             if len(self.headers.get_all(name) or ()) > 1:
