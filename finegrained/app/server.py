@@ -13,7 +13,8 @@ Safety: the server listens on 127.0.0.1 unless ``--host`` says otherwise (with a
 authentication); it serves only its own three assets by a fixed table (no file-system paths from the URL);
 it refuses foreign ``Host`` headers (DNS rebinding) and, on POST, a present ``Origin`` other than its own
 (an absent one is a non-browser client). Hostile or broken requests get a 4xx JSON answer and one log line,
-never a traceback, and the server keeps running: a malformed request line (HTTP/0.9 included), oversized
+never a traceback, and the server keeps running: a malformed request line (HTTP/0.9 included) or header
+line (no colon, folded), oversized
 request lines or headers, a repeated ``Host``/``Origin``/``Content-Length``/``Content-Type``/
 ``Transfer-Encoding`` header, a missing, non-decimal or oversized ``Content-Length`` (no chunked bodies), a
 client that stalls (408 after ``request_timeout`` seconds), a body that is not UTF-8, not JSON, not an object,
