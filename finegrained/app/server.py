@@ -14,9 +14,8 @@ authentication); it serves only its own three assets by a fixed table (no file-s
 it refuses foreign ``Host`` headers (DNS rebinding) and, on POST, a present ``Origin`` other than its own
 (an absent one is a non-browser client). Hostile or broken requests get a 4xx JSON answer and one log line,
 never a traceback, and the server keeps running: a malformed request line (HTTP/0.9 included) or header
-line (no colon, folded), oversized
-request lines or headers, a repeated ``Host``/``Origin``/``Content-Length``/``Content-Type``/
-``Transfer-Encoding`` header, a missing, non-decimal or oversized ``Content-Length`` (no chunked bodies), a
+line (no colon, folded), oversized request lines or headers, a repeated ``Host``/``Origin``/
+``Content-Length``/``Content-Type``/``Transfer-Encoding`` header, a missing, non-decimal or oversized ``Content-Length`` (no chunked bodies), a
 client that stalls (408 after ``request_timeout`` seconds), a body that is not UTF-8, not JSON, not an object,
 nested too deeply, or holds ``NaN``/``Infinity``, overlong strings or lone surrogates. A client that hangs up
 costs one log line. A submission the disk could not take is answered 507/500, never "saved" (the journal is
