@@ -6,12 +6,13 @@ import http.client
 import json
 import os
 import socket
+import time
 
 import pytest
 
 from finegrained.app import server as server_module
 from finegrained.app.server import MAX_BODY_BYTES, build_server, main, serve_in_thread
-from finegrained.app.store import export, latest_records
+from finegrained.app.store import MAX_SPANS_PER_SUBMISSION, export, latest_records
 from finegrained.data import validate_file
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.schema import load_schema
@@ -276,3 +277,227 @@ def test_cli_errors_and_export(tmp_path, capsys, monkeypatch):
                                   "spans": [], "annotator": "ann-7", "meta": {}}) + "\n")  # fmt: skip
     assert main(["--schema", "synthetic_qa", "--output", str(output), "--export", str(tmp_path / "clean.jsonl")]) == 0
     assert "wrote 1 record to" in capsys.readouterr().out
+
+
+# -- hostile and broken clients: 4xx JSON, one log line, never a traceback -------------------------------
+
+
+@pytest.fixture
+def log_lines(monkeypatch):
+    """Every line the server logs (still written to stderr, where a traceback would show as well)."""
+    lines = []
+    real = server_module._log_line
+
+    def record(text):
+        lines.append(text)
+        real(text)
+
+    monkeypatch.setattr(server_module, "_log_line", record)
+    return lines
+
+
+def raw_exchange(server, data: bytes) -> bytes:
+    """Send bytes as they are, then read until the server closes the connection."""
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def json_reply(reply: bytes) -> tuple[int, dict]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1."), reply[:200]
+    assert b"Content-Type: application/json" in head and b"Connection: close" in head, head
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+def wait_for(condition, seconds=5.0):
+    """Poll until ``condition()`` (for what a handler thread does after the client has left)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def post_bytes(body: bytes, *headers: str, content_length=True) -> bytes:
+    lines = ["POST /api/items/1 HTTP/1.1", "Host: {host}", "Content-Type: application/json", *headers]
+    if content_length:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def with_span(start: str = "0", label: str = '"Irrelevant"', copies: int = 1) -> bytes:
+    """A submission for item q2 with ``copies`` of one span, its start and label as JSON text."""
+    span = f'{{"start": {start}, "end": 4, "label": {label}}}'
+    return post_bytes(('{"id": "q2", "spans": [' + ", ".join([span] * copies) + "]}").encode())
+
+
+PROBES = {
+    # request line
+    "HTTP/0.9 request": (b"GET /\r\n\r\n", 400),
+    "TLS handshake": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x00\r\n\r\n", 400),
+    "empty request line": (b"\r\n\r\n", 400),
+    "lowercase method": (b"get / HTTP/1.1\r\nHost: {host}\r\n\r\n", 400),
+    "HTTP/2 version": (b"GET / HTTP/2.0\r\nHost: {host}\r\n\r\n", 400),
+    "absolute-form target": (b"GET http://[::1/ HTTP/1.1\r\nHost: {host}\r\n\r\n", 400),
+    "unknown method": (b"BREW / HTTP/1.1\r\nHost: {host}\r\n\r\n", 501),
+    "request line over the limit": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: {host}\r\n\r\n", 414),
+    # headers
+    "header line over the limit": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    "too many headers": (b"GET / HTTP/1.1\r\nHost: {host}\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n", 431),
+    "header line without a colon": (b"GET / HTTP/1.1\r\nHost: {host}\r\nno colon here\r\n\r\n", 400),
+    "header line with a NUL byte": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX\x00Y: 1\r\n\r\n", 400),
+    "folded header line": (b"GET / HTTP/1.1\r\nHost: {host}\r\nX-A: 1\r\n 2\r\n\r\n", 400),
+    "two Host headers": (b"GET / HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n\r\n", 400),
+    "two Content-Length headers": (post_bytes(b'{"id": "q2", "spans": []}', "Content-Length: 5"), 400),
+    "Content-Length with a sign": (post_bytes(b'{"id": "q2", "spans": []}', "Content-Length: +25", content_length=False), 400),
+    "negative Content-Length": (post_bytes(b"", "Content-Length: -1", content_length=False), 400),
+    "Content-Length not a number": (post_bytes(b"", "Content-Length: abc", content_length=False), 400),
+    "Content-Length with an underscore": (post_bytes(b"", "Content-Length: 2_5", content_length=False), 400),
+    "no Content-Length": (post_bytes(b"", content_length=False), 411),
+    "chunked without length": (post_bytes(b"19\r\n" + b'{"id": "q2", "spans": []}' + b"\r\n0\r\n\r\n",
+                                          "Transfer-Encoding: chunked", content_length=False), 411),  # fmt: skip
+    "chunked and a length": (post_bytes(b"0\r\n\r\n", "Transfer-Encoding: chunked"), 400),
+    "foreign Origin": (post_bytes(b'{"id": "q2", "spans": []}', "Origin: http://evil.example"), 403),
+    "Origin null": (post_bytes(b'{"id": "q2", "spans": []}', "Origin: null"), 403),
+    "two Origin headers": (post_bytes(b'{"id": "q2", "spans": []}', "Origin: http://{host}", "Origin: http://{host}"), 400),
+    # bodies
+    "not UTF-8": (post_bytes(b'{"id": "q2\xff", "spans": []}'), 400),
+    "UTF-8 byte-order mark": (post_bytes(b'\xef\xbb\xbf{"id": "q2", "spans": []}'), 400),
+    "deeply nested array": (post_bytes(b"[" * 100_000), 400),
+    "deeply nested object": (post_bytes(b'{"a": ' * 50_000), 400),
+    "nested past the depth limit": (post_bytes(b'{"id": "q2", "spans": [], "x": ' + b"[" * 40 + b"]" * 40 + b"}"), 400),
+    "NaN": (with_span(start="NaN"), 400),
+    "Infinity": (with_span(start="-Infinity"), 400),
+    "a number that overflows": (with_span(start="1e999"), 400),
+    "an integer of 5000 digits": (with_span(start="9" * 5000), 400),
+    "JSON list": (post_bytes(b"[1, 2]"), 400),
+    "JSON string": (post_bytes(b'"q2"'), 400),
+    "JSON null": (post_bytes(b"null"), 400),
+    "id a number": (post_bytes(b'{"id": 2, "spans": []}'), 400),
+    "id a list": (post_bytes(b'{"id": ["q2"], "spans": []}'), 400),
+    "spans a string": (post_bytes(b'{"id": "q2", "spans": "none"}'), 400),
+    "spans an object": (post_bytes(b'{"id": "q2", "spans": {"start": 0}}'), 400),
+    "span start a string": (with_span(start='"0"'), 400),
+    "span start a boolean": (with_span(start="true"), 400),
+    "span label a number": (with_span(label="7"), 400),
+    "overlong label": (with_span(label='"' + "x" * 20_000 + '"'), 400),
+    "overlong id": (post_bytes(('{"id": "' + "q" * 20_000 + '", "spans": []}').encode()), 400),
+    "too many spans": (with_span(copies=1001), 400),
+    "lone surrogate": (post_bytes(b'{"id": "q2", "spans": [], "note": "\\ud800"}'), 400),
+    "choices not strings": (post_bytes(b'{"id": "p1", "choices": {"completeness": ["A"], "holistic": {"B": 1}}}').replace(b"/items/1", b"/items/3"), 400),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_hostile_requests_get_one_json_4xx_and_one_log_line(served, log_lines, capsys, name):
+    server, output = served
+    data, expected = PROBES[name]
+    port = server.server_address[1]
+    status, body = json_reply(raw_exchange(server, data.replace(b"{host}", f"127.0.0.1:{port}".encode())))
+    assert (status, body["status"]) == (expected, expected) and body["error"]
+    assert len(body["error"]) <= server_module.MAX_MESSAGE_CHARS  # overlong input is not echoed back whole
+    # The server closed the connection after the handler returned: its log line is already written.
+    assert len(log_lines) == 1 and f"{expected}" in log_lines[0], log_lines
+    assert "Traceback" not in capsys.readouterr().err
+    assert request(server, "GET", "/api/state")[0] == 200  # still serving
+    assert not output.exists()  # nothing was written
+
+
+def test_same_origin_and_absent_origin_are_accepted(served):
+    server, output = served
+    port = server.server_address[1]
+    assert request(server, "POST", "/api/items/1", {"id": "q2", "spans": []}, {"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+    assert request(server, "POST", "/api/items/2", {"id": "q3", "spans": []})[0] == 200  # curl sends no Origin
+    # the probes' own well-formed variant is accepted: their 400s come from what each one breaks
+    valid = with_span(copies=MAX_SPANS_PER_SUBMISSION).replace(b"{host}", f"127.0.0.1:{port}".encode())
+    status, body = json_reply(raw_exchange(server, valid.replace(b"Content-Type", b"Connection: close\r\nContent-Type")))
+    assert status == 200 and body["saved"] and len(body["annotation"]["spans"]) == MAX_SPANS_PER_SUBMISSION
+    assert len(output.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError, ConnectionResetError])
+def test_a_client_that_hangs_up_costs_one_log_line(served, log_lines, capsys, monkeypatch, error):
+    server, _ = served
+
+    def gone():
+        raise error(error.__name__)
+
+    monkeypatch.setattr(server.app, "state", gone)  # as if writing the answer found the client gone
+    assert raw_exchange(server, b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.server_address[1]) == b""
+    assert len(log_lines) == 1 and "client closed the connection" in log_lines[0] and error.__name__ in log_lines[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_client_that_leaves_mid_body_costs_one_log_line(served, log_lines, capsys):
+    server, output = served
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(post_bytes(b"{").replace(b"{host}", b"127.0.0.1:%d" % server.server_address[1])
+                  .replace(b"Content-Length: 1", b"Content-Length: 100"))  # fmt: skip
+    assert wait_for(lambda: log_lines)
+    assert len(log_lines) == 1 and "before sending its body" in log_lines[0]
+    assert "Traceback" not in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_a_bug_in_a_handler_is_a_500_and_one_line(served, log_lines, capsys, monkeypatch):
+    server, _ = served
+    monkeypatch.setattr(server.app, "state", lambda: 1 / 0)
+    status, body = request(server, "GET", "/api/state")
+    assert status == 500 and body["error"] == "internal error"  # no details for the client ...
+    assert len(log_lines) == 1 and "ZeroDivisionError" in log_lines[0]  # ... one line for the log
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_slow_client_gets_408(served, log_lines, capsys):
+    server, _ = served
+    server.request_timeout = 0.3
+    host = b"127.0.0.1:%d" % server.server_address[1]
+    # stalls in the middle of the headers, then in the middle of the body
+    for data in (b"POST /api/items/1 HTTP/1.1\r\nHost: " + host + b"\r\nContent-Ty",
+                 post_bytes(b'{"id"').replace(b"{host}", host).replace(b"Content-Length: 5", b"Content-Length: 25")):  # fmt: skip
+        with socket.create_connection(server.server_address[:2], timeout=10) as s:
+            s.sendall(data)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        status, body = json_reply(reply)
+        assert status == 408 and body["status"] == 408
+    assert len(log_lines) == 2 and all("408" in line for line in log_lines)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off(served, log_lines):
+    """Each byte arrives before the socket timeout, but the whole body must arrive within it too."""
+    server, _ = served
+    server.request_timeout = 0.3
+    head = post_bytes(b"").replace(b"{host}", b"127.0.0.1:%d" % server.server_address[1])
+    head = head.replace(b"Content-Length: 0", b"Content-Length: 1000")
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        s.setblocking(False)
+        reply, deadline = b"", time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            except BlockingIOError:
+                try:
+                    s.send(b" ")
+                except OSError:
+                    pass
+                time.sleep(0.05)
+    status, _ = json_reply(reply)
+    assert status == 408
+
+
+def test_an_idle_connection_is_closed_without_a_word(served, log_lines):
+    server, _ = served
+    server.request_timeout = 0.2
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        assert s.recv(65536) == b""  # closed by the server, nothing sent
+    assert log_lines == []

@@ -7,9 +7,12 @@ Items (the ``--input`` JSONL, e.g. from ``finegrained sample``), one object per 
 - a *pair item* ``{"id", "prompt", "completion_a", "completion_b"}`` (optionally ``meta``): the annotator
   picks A, B or a tie for each preference category of the schema.
 
-The journal (the ``--output`` JSONL) receives one line per submission, appended, flushed and fsync'd before
-the server answers, so a killed server loses nothing that was acknowledged. Lines use the record formats
-of the design notes (section 3):
+The journal (the ``--output`` JSONL) receives one line per submission, appended in one write and fsync'd
+before the server answers, so a killed server loses nothing that was acknowledged. A write that fails (a full
+disk) is undone: the file is truncated back to its length before the append, and the client hears an error,
+not "saved". A line torn by a crash or by an undo that itself failed is skipped on reading, with a warning
+naming ``FILE:LINE``, and the next append starts on a fresh line. Lines use the record formats of the design
+notes (section 3):
 
 - a span item's submission is a span record with the item's ``id``;
 - a pair item's submission is one preference record per preference category, with id
@@ -23,7 +26,9 @@ appends new lines (history is kept); ``latest_submissions`` and ``export`` keep 
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import threading
 import uuid
@@ -41,6 +46,12 @@ PAIR_FIELDS = ("id", "prompt", "completion_a", "completion_b", "meta")
 SPAN_ITEM_FIELDS = ("id", "prompt", "completion", "spans", "annotator", "meta")
 CHOICES = ("A", "B", "tie")
 MAX_LISTED_PROBLEMS = LOAD_MAX_PROBLEMS
+MAX_SPANS_PER_SUBMISSION = 1000  # far more than any real completion has errors; bounds a hostile submission
+MAX_PROBLEMS_IN_MESSAGE = 5
+# Every journal line starts with this (json.dumps keeps the record's key order): how a torn write is recognised.
+RECORD_START = b'{"id": '
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,6 @@ class Journal:
         # plus "submitted_at" and "annotator".
         self.latest: dict[str, dict[str, Any]] = {}
         self.warnings: list[str] = []
-        self._needs_newline = False
         if self.path.exists():
             self._replay()
 
@@ -184,12 +194,12 @@ class Journal:
 
     def _replay(self) -> None:
         """Rebuild ``latest`` from an existing journal (a restart resumes where the last session stopped)."""
-        raw = self.path.read_bytes()
-        self._needs_newline = bool(raw) and not raw.endswith(b"\n")
-        records, problems, torn = read_journal(self.path, self.schema, raw)
-        if torn:
-            self.warnings.append(f"{self.path}:{torn}: ignoring an incomplete last line "
-                                 "(a write interrupted by a crash; it was never acknowledged)")  # fmt: skip
+        try:
+            raw = self.path.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read: {e.strerror or e}", file=self.path) from None
+        records, problems, skipped = read_journal(self.path, self.schema, raw)
+        self.warnings += skipped
         other_annotators: set[str] = set()
         unknown_items: set[str] = set()
         for obj in records:
@@ -256,6 +266,8 @@ class Journal:
             spans = payload.get("spans")
             if not isinstance(spans, list):
                 raise SubmissionError("'spans' must be a list of {start, end, label}")
+            if len(spans) > MAX_SPANS_PER_SUBMISSION:
+                raise SubmissionError(f"too many spans ({len(spans)}; at most {MAX_SPANS_PER_SUBMISSION})")
             record = {"id": item.id, "prompt": item.prompt, "completion": item.completion, "spans": spans,
                       "annotator": self.annotator, "meta": meta}  # fmt: skip
             records = [record]
@@ -280,11 +292,18 @@ class Journal:
         for record in records:
             problems = validate_record(record, self.schema, "submission")
             if problems:
-                raise SubmissionError("; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems))
+                shown = [f"{p.field}: {p.message}" if p.field else p.message for p in problems[:MAX_PROBLEMS_IN_MESSAGE]]
+                if len(problems) > MAX_PROBLEMS_IN_MESSAGE:
+                    shown.append(f"... and {len(problems) - MAX_PROBLEMS_IN_MESSAGE} more problems")
+                raise SubmissionError("; ".join(shown))
         return records
 
     def submit(self, item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Validate, append (flush + fsync) and index one submission; returns the stored annotation."""
+        """Validate, append (one write + fsync) and index one submission; returns the stored annotation.
+
+        Raises ``SubmissionError`` for a bad submission, ``OSError`` when the line could not be made durable
+        (the journal is then as it was before, and the submission is not indexed).
+        """
         item = self.by_id.get(item_id)
         if item is None:
             raise SubmissionError(f"unknown item id {item_id!r}")
@@ -292,27 +311,7 @@ class Journal:
         records = self._records_for(item, payload, when)
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
         with self._lock:
-            if self._needs_newline:
-                data = b"\n" + data  # close a torn last line left by a crash, so our line stays whole
-            created = not self.path.exists()
-            # O_APPEND: each write lands at the current end even if another process appended meanwhile.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                # Make the new directory entry itself durable, not only the file's contents.
-                dir_fd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-            self._needs_newline = False
+            self._append(data)
             if item.kind == "span":
                 entry = {"spans": records[0]["spans"], "submitted_at": when, "annotator": self.annotator}
             else:
@@ -321,43 +320,119 @@ class Journal:
             self.latest[item.id] = entry
             return json.loads(json.dumps(entry))
 
+    def _append(self, data: bytes) -> None:
+        """Append whole lines durably, or leave the file as it was and raise ``OSError``."""
+        created = not self.path.exists()
+        # O_APPEND: each write lands at the current end even if another process appended meanwhile.
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data  # a torn line (a crash, a failed undo) ends here: ours must not join it
+            try:
+                written = os.write(fd, data)  # one call: no other line can land between parts of ours
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of {len(data)} bytes)")
+                os.fsync(fd)
+                if created:
+                    _fsync_directory(self.path.parent)  # the new directory entry itself must be durable
+            except OSError:
+                self._undo_append(fd, start, created)
+                raise
+        finally:
+            os.close(fd)
 
-def read_journal(path: Path, schema: AnnotationSchema, raw: bytes) -> tuple[list[dict], list[Problem], int | None]:
-    """The valid records of a journal's bytes, in file order; the problems of the other lines; and the line
-    number of a torn last line (skipped: a server killed in the middle of a write leaves at most one, and
-    that submission was never acknowledged), or None."""
+    def _undo_append(self, fd: int, start: int, created: bool) -> None:
+        """Cut the file back to ``start`` bytes after a failed append (the client hears an error, not "saved")."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            if created:
+                os.unlink(self.path)
+        except OSError as e:
+            # What is left is a torn line without a newline: the next append starts a fresh line after it,
+            # and reading skips it with a warning. Every acknowledged line stays whole.
+            log.warning("%s: could not undo a failed append (%s); a torn line remains at the end and will "
+                        "be skipped", self.path, e.strerror or e)  # fmt: skip
+
+
+def _fsync_directory(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_journal(path: Path, schema: AnnotationSchema, raw: bytes) -> tuple[list[dict], list[Problem], list[str]]:
+    """The valid records of a journal's bytes, in file order; the problems of the other lines; and a warning
+    (``FILE:LINE: ...``) for each torn line skipped.
+
+    A torn line is what an interrupted append leaves: the start of a record (``RECORD_START``, or a prefix
+    of it) that does not parse. It was never acknowledged, so it is skipped, wherever it is. A whole record
+    glued after a torn fragment on the same line (what earlier versions wrote after a failed append) is
+    recovered. A line that is neither a record nor a torn one is a problem: the file is not a journal.
+    """
     lines = raw.split(b"\n")
     records: list[dict] = []
     problems: list[Problem] = []
-    torn = None
+    skipped: list[str] = []
     for number, chunk in enumerate(lines, start=1):
         if not chunk.strip():
             continue
+        where = f"{path}:{number}"
         try:
             obj = json.loads(chunk.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if number == len(lines):
-                torn = number
-            else:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            if not _is_torn(chunk):
                 problems.append(Problem(str(path), number, f"malformed JSON in the annotation journal: {e}"))
-            continue
+                continue
+            obj, fragment = _recover_glued(chunk, schema)
+            kind = "an incomplete last line" if number == len(lines) else "a broken line"
+            skipped.append(f"{where}: ignoring {kind} of {fragment} bytes (an interrupted write; it was "
+                           "never acknowledged)" + (", keeping the whole record after it" if obj else ""))  # fmt: skip
+            if obj is None:
+                continue
         record_problems = validate_record(obj, schema, str(path), number)
         if record_problems:
             problems += record_problems
         else:
             records.append(obj)
-    return records, problems, torn
+    return records, problems, skipped
+
+
+def _is_torn(chunk: bytes) -> bool:
+    """Whether a line that does not parse begins like a journal record (or is cut inside that beginning)."""
+    return RECORD_START.startswith(chunk.lstrip()[: len(RECORD_START)])
+
+
+def _recover_glued(chunk: bytes, schema: AnnotationSchema) -> tuple[dict | None, int]:
+    """The last whole, valid record glued after torn fragments on one line, and the number of bytes before it
+    (``(None, len(chunk))`` when there is none)."""
+    position = chunk.rfind(RECORD_START)
+    while position > 0:
+        try:
+            obj = json.loads(chunk[position:].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            obj = None
+        if obj is not None and not validate_record(obj, schema):
+            return obj, position
+        position = chunk.rfind(RECORD_START, 0, position)
+    return None, len(chunk)
 
 
 def latest_records(path: str | Path, schema: AnnotationSchema, keep_ties: bool = False) -> tuple[list[dict], int]:
     """The latest journal line per record id, in order of first appearance, and the number of ties dropped.
 
-    Lines are checked with ``validate_record``; a torn last line (crash mid-write) is skipped.
+    Lines are checked with ``validate_record``; a torn line (an interrupted write) is skipped with a logged
+    warning naming ``FILE:LINE``.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", file=path)
-    journal, problems, _ = read_journal(path, schema, path.read_bytes())
+    journal, problems, skipped = read_journal(path, schema, path.read_bytes())
+    for warning in skipped:
+        log.warning("warning: %s", warning)
     latest: dict[str, dict] = {}
     for obj in journal:
         latest.pop(obj["id"], None)  # re-insert: order follows the latest submission
