@@ -10,7 +10,6 @@ work starts.
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise FinegrainedError(f"finegrained {config_name}: bad configuration: {e}") from None
+        raise FinegrainedError(f"finegrained {config_name.replace('_', '-')}: bad configuration: {e}") from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -44,6 +43,7 @@ CFG_CHOICES = ("job", "hydra", "all")
 
 def read_flags(config_name: str, argv: list[str]) -> tuple[set[str], list[str]]:
     """Split the command line into flags (``--help``, ``--cfg [job]``, ``--resolve``) and overrides."""
+    command = config_name.replace("_", "-")  # as typed: train-rm, not train_rm
     flags, overrides = set(), []
     items = iter(range(len(argv)))
     for i in items:
@@ -57,40 +57,31 @@ def read_flags(config_name: str, argv: list[str]) -> tuple[set[str], list[str]]:
             next(items)
         if name == "--cfg" and value in ("hydra", "all"):
             raise FinegrainedError(
-                f"finegrained {config_name}: --cfg {value}: finegrained composes with Hydra's compose API, so there is "
+                f"finegrained {command}: --cfg {value}: finegrained composes with Hydra's compose API, so there is "
                 "no Hydra runtime config to print; --cfg (or --cfg job) prints the command's config"
             )
         if name == "--cfg" and value not in ("", "job"):
-            raise FinegrainedError(f"finegrained {config_name}: --cfg {value}: expected --cfg or --cfg job")
+            raise FinegrainedError(f"finegrained {command}: --cfg {value}: expected --cfg or --cfg job")
         if name not in ("-h", "--help", "--cfg", "--resolve"):
             raise FinegrainedError(
-                f"finegrained {config_name}: unknown option {arg!r}; settings are Hydra overrides such as key=value "
+                f"finegrained {command}: unknown option {arg!r}; settings are Hydra overrides such as key=value "
                 "(options: --help, --cfg [job])"
             )
         flags.add(name)
     return flags, overrides
 
 
-_last_checked: tuple[tuple, DictConfig] | None = None  # the command line ``cli`` checked before the command ran
-
-
 def compose_from_argv(config_name: str, argv: list[str], usage: str = "") -> DictConfig | None:
     """Handle ``--help`` / ``--cfg [job]``, compose, and check the result (``config_checks``): unknown
     keys and bad values are refused, all at once, before any work starts. Returns None when the command
     should just exit 0. ``usage`` is kept for callers; the help comes from ``finegrained.settings``."""
-    global _last_checked
     from .config_checks import compose_checked, render_help
 
     flags, overrides = read_flags(config_name, list(argv))
     if "-h" in flags or "--help" in flags:
         print(render_help(config_name, overrides))
         return None
-    key = (config_name, tuple(overrides))
-    if _last_checked is not None and _last_checked[0] == key:
-        cfg = copy.deepcopy(_last_checked[1])  # the cli checked this very command line a moment ago
-    else:
-        cfg = compose_checked(config_name, overrides)
-        _last_checked = (key, copy.deepcopy(cfg))
+    cfg = compose_checked(config_name, overrides)
     if "--cfg" in flags:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None

@@ -11,6 +11,7 @@ Also here: ``warn_if_one_class``, the loud warning for span training labels that
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import sys
@@ -110,6 +111,19 @@ def node_paths(container, prefix: str = "") -> Iterator[tuple[str, object]]:
             path = f"{prefix}{k}"
             yield path, v
             yield from node_paths(v, path + ".")
+
+
+@functools.lru_cache(maxsize=64)
+def _composed(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
+    from .config import compose
+
+    return compose(config_name, overrides)
+
+
+def compose_cached(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """``config.compose``, remembered: the conf/ files do not change while a process runs, and a demo
+    check composes its stages' configs more than once. A copy each time (callers may change it)."""
+    return copy.deepcopy(_composed(config_name, tuple(overrides)))
 
 
 # -- the command line ---------------------------------------------------------------------------------
@@ -260,26 +274,25 @@ def _check_nested(config_name: str, key: str, target: str, overrides: list[str])
 def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with the command line, refusing unknown keys and bad values
     (every problem at once, as one ``InputError``)."""
-    from .config import compose
     from .errors import FinegrainedError
 
     read = read_overrides(config_name, expand_words(command_spec(config_name), argv))
     base = None
     if not read.problems:
-        base = compose(config_name, read.groups)
+        base = compose_cached(config_name, read.groups)
     else:  # still name every unknown key: compose with the valid group choices only
         try:
-            base = compose(config_name, [g for g in read.groups if not _bad_group(config_name, g)])
+            base = compose_cached(config_name, [g for g in read.groups if not _bad_group(config_name, g)])
         except FinegrainedError:
             base = None
     overrides = check_keys(config_name, read, base)
     if read.problems:  # the values of the other settings are still worth checking, all in one report
         try:
-            found = check_values(config_name, compose(config_name, [o for o in overrides if not _bad_group(config_name, o)]))
+            found = check_values(config_name, compose_cached(config_name, [o for o in overrides if not _bad_group(config_name, o)]))
         except FinegrainedError:
             found = []
         raise InputError(read.problems + found)
-    cfg = compose(config_name, overrides)
+    cfg = compose_cached(config_name, overrides)
     found = check_values(config_name, cfg)
     if found:
         raise InputError(found)
@@ -296,16 +309,15 @@ def _bad_group(config_name: str, text: str) -> bool:
 def render_help(config_name: str, argv: Sequence[str] = ()) -> str:
     """``--help``: usage, examples, this command's groups, and every key of the composed config (with the
     group choices on the command line) with its default, what is allowed and one line of description."""
-    from .config import compose
     from .errors import FinegrainedError
 
     command = command_spec(config_name)
     read = read_overrides(config_name, expand_words(command, argv))
     chosen = [g for g in read.groups if not _bad_group(config_name, g)]
     try:
-        base = OmegaConf.to_container(compose(config_name, chosen), resolve=False)
+        base = OmegaConf.to_container(compose_cached(config_name, chosen), resolve=False)
     except FinegrainedError:
-        base = OmegaConf.to_container(compose(config_name, []), resolve=False)
+        base = OmegaConf.to_container(compose_cached(config_name, []), resolve=False)
     lines = [f"usage: {command.usage}", ""]
     if command.summary:
         lines += [command.summary, ""]

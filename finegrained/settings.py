@@ -514,7 +514,7 @@ COMMANDS: dict[str, Command] = {
         (
             "finegrained bench",
             "finegrained bench bench.mode=fine_grained bench.batch_size=32 output_dir=outputs/bench-fg",
-            "finegrained bench bench.n_layer=2 bench.n_embd=128 bench.profile=true",
+            "finegrained bench bench.n_layer=2 bench.n_embd=128 bench.n_head=4 bench.profile=true",
             "finegrained bench bench.shared_value=true bench.lora_r=8",
             "finegrained bench bench.mode=fine_grained bench.shared_rm=true",
         ),
