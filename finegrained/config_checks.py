@@ -277,26 +277,26 @@ def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
     from .errors import FinegrainedError
 
     read = read_overrides(config_name, expand_words(command_spec(config_name), argv))
-    base = None
-    if not read.problems:
-        base = compose_cached(config_name, read.groups)
-    else:  # still name every unknown key: compose with the valid group choices only
-        try:
-            base = compose_cached(config_name, [g for g in read.groups if not _bad_group(config_name, g)])
-        except FinegrainedError:
-            base = None
+    # With problems already found, carry on with what is left to name every other problem too.
+    base = _compose_or_none(config_name, read.groups, quiet=bool(read.problems))
     overrides = check_keys(config_name, read, base)
-    if read.problems:  # the values of the other settings are still worth checking, all in one report
-        try:
-            found = check_values(config_name, compose_cached(config_name, [o for o in overrides if not _bad_group(config_name, o)]))
-        except FinegrainedError:
-            found = []
-        raise InputError(read.problems + found)
-    cfg = compose_cached(config_name, overrides)
-    found = check_values(config_name, cfg)
+    cfg = _compose_or_none(config_name, overrides, quiet=bool(read.problems))
+    found = read.problems + (check_values(config_name, cfg) if cfg is not None else [])
     if found:
         raise InputError(found)
     return cfg
+
+
+def _compose_or_none(config_name: str, overrides: list[str], quiet: bool) -> DictConfig | None:
+    """The composed config without the bad group choices; None if Hydra still refuses it and ``quiet``."""
+    from .errors import FinegrainedError
+
+    try:
+        return compose_cached(config_name, [o for o in overrides if not _bad_group(config_name, o)])
+    except FinegrainedError:
+        if quiet:
+            return None
+        raise
 
 
 def _bad_group(config_name: str, text: str) -> bool:
