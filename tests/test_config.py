@@ -47,7 +47,7 @@ PROBES = [
     ("sft", "train.epochs=0"), ("sft", "train.lr=0"), ("sft", "train.batch_size=0"),
     ("eval_rm", "batch_size=0"), ("evaluate", "n_prompts=0"), ("evaluate", "generation.temperature=0"),
     ("evaluate", "split=dev"), ("demo", "seeds=0"), ("demo", "seeds=[]"), ("demo", "label_noise=1.5"),
-    ("demo", "span_mode=soft_ish"), ("bench", "bench.iterations=1"), ("bench", "bench.mode=hybrid"),
+    ("demo", "span_mode=soft_ish"), ("bench", "bench.iterations=0"), ("bench", "bench.mode=hybrid"),
     ("bench", "bench.batch_size=0"),
 ]  # fmt: skip
 
