@@ -7,10 +7,12 @@ User errors (``FinegrainedError``) print as plain lines on stderr with exit stat
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
 from .errors import EXIT_USER_ERROR, FinegrainedError
+from .settings import COMMANDS as SETTINGS
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("finegrained.bench", "phase-level PPO benchmark (Hydra)"),
     "agreement": ("finegrained.agreement", "inter-annotator agreement and majority-vote merge"),
 }
+
+
+# Hydra commands -> their config (conf/<name>.yaml); the cli checks their command line before their
+# module (and torch) loads
+HYDRA_CONFIGS: dict[str, str] = {spec.cli_name: name for name, spec in SETTINGS.items()}
 
 
 def _usage() -> str:
@@ -50,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"finegrained: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"finegrained: unknown command {command!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return EXIT_USER_ERROR
     module_name, _ = COMMANDS[command]
     try:
+        if command in HYDRA_CONFIGS and not _checked_first(HYDRA_CONFIGS[command], rest):
+            return 0  # --help or --cfg, answered without importing the command (or torch)
         module = importlib.import_module(module_name)
         code = module.main(rest)
     except FinegrainedError as e:
@@ -65,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _close_process_group()
     return int(code or 0)
+
+
+def _checked_first(config_name: str, argv: list[str]) -> bool:
+    """Answer --help / --cfg and check the whole command line before the command's module (and torch)
+    is imported: a bad setting is refused in a fraction of a second. False: nothing more to do."""
+    from .config import compose_from_argv
+
+    return compose_from_argv(config_name, argv) is not None
 
 
 def _close_process_group() -> None:

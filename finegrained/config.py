@@ -3,7 +3,9 @@
 We use Hydra's compose API rather than ``@hydra.main``: the output directory is resolved once, in the
 launching process, before any accelerate worker starts (no per-process ``${now:}``), and we keep control
 of error messages. ``finegrained <command> key=value group=option ...`` composes ``conf/<command>.yaml``.
-``--cfg`` prints the composed config and exits; ``--help`` lists groups and options.
+``--cfg`` (or ``--cfg job``) prints the composed config and exits; ``--help`` lists the command's groups and
+keys (``finegrained.settings``). Every command line is checked (``finegrained.config_checks``) before any
+work starts.
 """
 
 from __future__ import annotations
@@ -30,30 +32,56 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise FinegrainedError(f"finegrained {config_name}: bad configuration: {e}") from None
+        raise FinegrainedError(f"finegrained {config_name.replace('_', '-')}: bad configuration: {e}") from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
 
 
+CFG_CHOICES = ("job", "hydra", "all")
+
+
+def read_flags(config_name: str, argv: list[str]) -> tuple[set[str], list[str]]:
+    """Split the command line into flags (``--help``, ``--cfg [job]``, ``--resolve``) and overrides."""
+    command = config_name.replace("_", "-")  # as typed: train-rm, not train_rm
+    flags, overrides = set(), []
+    items = iter(range(len(argv)))
+    for i in items:
+        arg = argv[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        name, _, value = arg.partition("=")
+        if name == "--cfg" and not value and i + 1 < len(argv) and argv[i + 1] in CFG_CHOICES:
+            value = argv[i + 1]
+            next(items)
+        if name == "--cfg" and value in ("hydra", "all"):
+            raise FinegrainedError(
+                f"finegrained {command}: --cfg {value}: finegrained composes with Hydra's compose API, so there is "
+                "no Hydra runtime config to print; --cfg (or --cfg job) prints the command's config"
+            )
+        if name == "--cfg" and value not in ("", "job"):
+            raise FinegrainedError(f"finegrained {command}: --cfg {value}: expected --cfg or --cfg job")
+        if name not in ("-h", "--help", "--cfg", "--resolve"):
+            raise FinegrainedError(
+                f"finegrained {command}: unknown option {arg!r}; settings are Hydra overrides such as key=value "
+                "(options: --help, --cfg [job])"
+            )
+        flags.add(name)
+    return flags, overrides
+
+
 def compose_from_argv(config_name: str, argv: list[str], usage: str = "") -> DictConfig | None:
-    """Handle ``--help`` / ``--cfg`` and compose. Returns None when the command should just exit 0."""
-    flags = [a for a in argv if a.startswith("-")]
-    overrides = [a for a in argv if not a.startswith("-")]
-    unknown = [f for f in flags if f not in ("-h", "--help", "--cfg")]
-    if unknown:
-        raise FinegrainedError(
-            f"finegrained {config_name}: unknown option {unknown[0]!r}; settings are Hydra overrides such as key=value"
-        )
+    """Handle ``--help`` / ``--cfg [job]``, compose, and check the result (``config_checks``): unknown
+    keys and bad values are refused, all at once, before any work starts. Returns None when the command
+    should just exit 0. ``usage`` is kept for callers; the help comes from ``finegrained.settings``."""
+    from .config_checks import compose_checked, render_help
+
+    flags, overrides = read_flags(config_name, list(argv))
     if "-h" in flags or "--help" in flags:
-        print(usage or f"usage: finegrained {config_name} [key=value ...] [group=option ...]")
-        groups = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
-        for g in groups:
-            options = sorted(f.stem for f in (CONF_DIR / g).glob("*.yaml"))
-            print(f"  {g}: {', '.join(options)}")
-        print(f"\nDefaults: finegrained {config_name} --cfg")
+        print(render_help(config_name, overrides))
         return None
-    cfg = compose(config_name, overrides)
+    cfg = compose_checked(config_name, overrides)
     if "--cfg" in flags:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
