@@ -188,12 +188,24 @@ def mounted(prefix: str, table: dict[str, Setting]) -> dict[str, Setting]:
 
 
 # -- config groups ------------------------------------------------------------------------------------
-TASK = {
+TASK = {  # conf/task/{synthetic_qa,jsonl,hf_dataset}.yaml
     "name": Str("name of the task"),
-    "schema": Str("annotation schema of the task (a shipped name or a YAML path)"),
+    "schema": Str("annotation schema of the task (a shipped name or a YAML path)", nullable=True),
     "prompts": Open("fn(split, n, seed) -> prompt records: _target_ and its keyword arguments"),
     "prompts.n": Int("prompts per split", low=1),
     "oracle": Open("fn(prompts, completions) -> error rates (_target_, _partial_); null: no oracle", nullable=True),
+    "truncate": Choice(("left", "error"), "a prompt longer than the policy allows: left (keep its last tokens, counted "
+                       "in the log) | error (refuse, naming the record)"),
+    # task=jsonl
+    "train": Str("task=jsonl: JSONL of {id?, prompt, reference?} for training (ppo)", nullable=True),
+    "eval": Str("task=jsonl: JSONL of held-out prompts (evaluate)", nullable=True),
+    # task=hf_dataset
+    "path": Str("task=hf_dataset: save_to_disk directory, data file, builder name or cached dataset name", nullable=True),
+    "config_name": Str("task=hf_dataset: the dataset's configuration (load_dataset's name)", nullable=True),
+    "data_files": Open("task=hf_dataset: {split: file} for a builder such as json or csv", nullable=True),
+    "train_split": Str("task=hf_dataset: the split ppo trains on"),
+    "eval_split": Str("task=hf_dataset: the split evaluate reads"),
+    "columns": Open("task=hf_dataset: column names of prompt, id and reference"),
 }
 
 POLICY = {  # conf/policy/{tiny,pretrained}.yaml

@@ -363,3 +363,14 @@ def test_periodic_evaluation_keeps_a_checkpoint_and_logs(tmp_path):
     with pytest.raises(FinegrainedError, match="best_metric"):
         train_rm.main(["category=factuality", f"data.train={train}", f"output_dir={tmp_path / 'x'}",
                        "train.best_metric=loss", "train.progress=false"])
+
+
+@pytest.mark.parametrize("trainer", ["one-category", "joint"])
+def test_training_labels_of_one_class_warn_loudly(tmp_path, capsys, trainer):
+    records = [dict(r, spans=[]) for r in zebra_span_records(12, seed=3)]  # annotated, and not one error
+    data = write_jsonl(tmp_path / "clean.jsonl", records)
+    which = ["category=factuality"] if trainer == "one-category" else ["categories=[relevance,factuality]"]
+    assert train_rm.main([*which, "schema=synthetic_qa", f"data.train={data}", "data.eval=null", "train.epochs=1",
+                          f"output_dir={tmp_path / 'rm'}"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "WARNING: train-rm factuality" in err and "no error segment" in err

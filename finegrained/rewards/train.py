@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..config import compose_from_argv, log, to_container
+from ..config_checks import warn_if_one_class
 from ..errors import FinegrainedError
 from ..io import atomic_directory, atomic_write_json
 from ..schema import Category, SegmentationConfig
@@ -514,6 +515,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
         n_ignored = sum(len(w.marker_positions) for w, _ in items) - n_segments
         n_errors = sum(1 for _, labels in items for y in labels if y == LABEL_ERROR)
         error_fraction = n_errors / n_segments if n_segments else 0.0
+        warn_if_one_class(category.name, n_segments, n_errors, f"data.train={cfg.data.train}")
         weights = class_weights(error_fraction) if tcfg.get("class_weighting", "balanced") == "balanced" else None
         counts["n_train_ignored"] = n_ignored
         log(f"train-rm {category.name}: {len(items)} examples, {n_segments} segments ({n_ignored} ignored), "

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..config import log, to_container
+from ..config_checks import warn_if_one_class
 from ..errors import FinegrainedError
 from ..io import atomic_directory
 from ..schema import Category
@@ -380,7 +381,9 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
     weights: dict[str, torch.Tensor | None] = {}
     for c in span_categories:
         labelled = [y for item in span_items for y in item.labels[c.name] if y != IGNORE_INDEX]
-        fraction_error = sum(1 for y in labelled if y == LABEL_ERROR) / len(labelled) if labelled else 0.0
+        n_errors = sum(1 for y in labelled if y == LABEL_ERROR)
+        fraction_error = n_errors / len(labelled) if labelled else 0.0
+        warn_if_one_class(c.name, len(labelled), n_errors, f"data.train={cfg.data.train}")
         weights[c.name] = class_weights(fraction_error) if tcfg.get("class_weighting", "balanced") == "balanced" else None
         log(f"train-rm {c.name}: {len(labelled)} segments, error fraction {fraction_error:.3f}")
     for name, items in pair_items.items():
