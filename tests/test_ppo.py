@@ -19,6 +19,7 @@ from finegrained.config import compose
 from finegrained.errors import FinegrainedError
 from finegrained.plots import read_scalars
 from finegrained.rl import trainer as ppo
+from finegrained.rl.checkpoint import checkpoint_dirs
 
 
 def smoke(tmp_path: Path, *overrides: str):
@@ -61,24 +62,45 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "final" / "model.safetensors")
 
 
+RESUME_ARGS = ["experiment=smoke", "ppo.iterations=10", "ppo.batch_size=8", "checkpoint.every=2", "checkpoint.keep=3", "log.progress=false"]
+
+
+def run_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "finegrained.cli", "ppo", *RESUME_ARGS, *args]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> Path:
+    straight = tmp_path_factory.mktemp("straight")
+    subprocess.run(run_command(f"output_dir={straight}"), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
+    return straight
+
+
+KILL_POINTS = {
+    # initial_policy/ written (atomically: it appears whole), no checkpoint yet: the resumed run starts over
+    # from the saved policy, and must draw the same random numbers as the run that built it
+    "before_first_checkpoint": lambda out: (out / "initial_policy").is_dir(),
+    "after_a_checkpoint": lambda out: (out / "checkpoints" / "iter-2" / "state.json").is_file(),
+}
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = ["experiment=smoke", "ppo.iterations=10", "ppo.batch_size=8", "checkpoint.every=2", "checkpoint.keep=3", "log.progress=false"]
-    command = [sys.executable, "-m", "finegrained.cli", "ppo", *args]
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_run, kill_point):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, f"output_dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(run_command(f"output_dir={killed}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "iter-2" / "state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.02)
+    while not KILL_POINTS[kill_point](killed):
+        assert proc.poll() is None and time.time() < deadline, f"run ended before the kill point {kill_point}"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()
-    subprocess.run([*command, f"output_dir={killed}", "resume=true"], env=env, check=True, capture_output=True)
-    straight = tmp_path / "straight"
-    subprocess.run([*command, f"output_dir={straight}"], env=env, check=True, capture_output=True)
-    a, b = final_weights(killed), final_weights(straight)
+    if kill_point == "before_first_checkpoint":
+        assert checkpoint_dirs(killed) == [], "killed too late: a checkpoint was already written"
+    subprocess.run(run_command(f"output_dir={killed}", "resume=true"), env=env, check=True, capture_output=True)
+    a, b = final_weights(killed), final_weights(uninterrupted_run)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
