@@ -3,6 +3,8 @@ processes over gloo, the NaN guard."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -106,18 +108,50 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
 
 
+def plain_moments(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def check_statistics_are_global(out: Path, cfg) -> None:
+    """Every rank's KL coefficient and whitening statistics equal one process's on the whole batch."""
+    coef = cfg.kl.coef
+    for iteration in (1, 2):
+        ranks = [json.loads((out / "rl_stats" / f"iter-{iteration}-rank-{r}.json").read_text()) for r in (0, 1)]
+        all_kls = ranks[0]["sequence_kl"] + ranks[1]["sequence_kl"]
+        assert len(all_kls) == cfg.ppo.batch_size
+        global_kl = sum(all_kls) / len(all_kls)
+        error = min(max(global_kl / cfg.kl.target - 1.0, -0.2), 0.2)
+        coef *= 1.0 + error * cfg.ppo.batch_size / cfg.kl.horizon
+        for rank in ranks:
+            assert math.isclose(rank["kl"], global_kl, rel_tol=1e-5, abs_tol=1e-9), (iteration, rank["rank"])
+            assert math.isclose(rank["kl_coef"], coef, rel_tol=1e-9), (iteration, rank["rank"])
+        for name in ("rewards", "advantages"):
+            mean, var = plain_moments(ranks[0][name]["values"] + ranks[1][name]["values"])
+            for rank in ranks:
+                assert math.isclose(rank[name]["mean"], mean, rel_tol=1e-4, abs_tol=1e-6), (iteration, name)
+                assert math.isclose(rank[name]["var"], var, rel_tol=1e-4), (iteration, name)
+    # the checks can fail: the ranks' own responses would give other statistics
+    local_mean = plain_moments(ranks[0]["rewards"]["values"])[0]
+    assert not math.isclose(local_mean, ranks[0]["rewards"]["mean"], rel_tol=1e-3)
+    local_kl = sum(ranks[0]["sequence_kl"]) / len(ranks[0]["sequence_kl"])
+    assert not math.isclose(local_kl, ranks[0]["kl"], rel_tol=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [[], ["lora.r=2"]], ids=["full", "lora"])
-def test_two_processes_over_gloo_hold_identical_weights(tmp_path, options):
+def test_two_processes_over_gloo_hold_identical_weights_and_share_statistics(tmp_path, options):
     torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["experiment=smoke", "accelerate.cpu=true", "ppo.iterations=2", "checkpoint.every=0", f"output_dir={tmp_path}",
+            "log.progress=false", "kl.adaptive=true", "ppo.whiten_rewards=true", *options]  # fmt: skip
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", "experiment=smoke", "accelerate.cpu=true",
-         "ppo.iterations=1", "checkpoint.every=0", f"output_dir={tmp_path}", "log.progress=false", *options],  # fmt: skip
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1", ppo.DUMP_STATS_ENV: "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes hold identical policy weights" in result.stderr
     assert (tmp_path / "final" / "model.safetensors").is_file()
+    check_statistics_are_global(tmp_path, compose("ppo", args))
 
 
 def test_nan_reward_stops_with_iteration_and_phase_and_keeps_checkpoints(tmp_path):
