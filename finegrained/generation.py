@@ -3,7 +3,7 @@
 Prompt ids are ``tokenizer(prompt, add_special_tokens=False).input_ids``; generation continues them
 (left-padded, KV cache through ``model.generate``). A response is cut after its first EOS; its text is
 what the reward models and the oracle judge: the decoded ids before EOS, special tokens skipped.
-Used by ``finegrained evaluate``, ``finegrained demo`` and ``finegrained sample``.
+Used by ``finegrained evaluate``, ``finegrained demo``, ``finegrained sample`` and PPO's rollouts.
 
 Long prompts. A causal LM has a position limit (GPT-2's ``n_positions``); prompt and response together
 must fit in it, so a prompt may keep at most ``limit - max_new_tokens`` tokens (``prompt_token_budget``).
@@ -11,12 +11,17 @@ The rule (``task.truncate`` / ``sample --truncate``): ``left`` drops a longer pr
 keeps its end, the text generation continues from; ``error`` refuses, naming every record too long.
 ``fit_prompts`` counts and reports either way; ``encode_prompts(..., max_tokens=budget)`` applies the cut.
 The prompt *text* is never changed: records written out and the reward models see the whole prompt.
+Only our own settings shape decoding (``generation_settings`` + ``generate_ids``): a pretrained model's
+``generation_config.json`` may set ``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``,
+``typical_p``, ``min_p``, ... and transformers fills every field a caller leaves unset from it, which would
+silently change the distribution we sample from (and make PPO's log-probs belong to another one).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +186,43 @@ def cut_at_eos(ids: list[int], eos_token_id: int | None) -> tuple[list[int], boo
     return ids, False
 
 
+def generation_settings(
+    tokenizer, *, max_new_tokens: int, do_sample: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    min_new_tokens: int = 0,
+):  # fmt: skip
+    """A ``GenerationConfig`` holding our settings; sampling with ``top_k=0`` means no top-k (transformers'
+    own default would be 50). Every other field is left unset, to be filled by ``generate_ids`` with
+    transformers' neutral defaults, never with a model's."""
+    from transformers import GenerationConfig
+
+    sampling = {"temperature": float(temperature), "top_k": int(top_k or 0), "top_p": float(1.0 if top_p is None else top_p)}
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None, do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **(sampling if do_sample else {}),
+    )  # fmt: skip
+
+
+@contextmanager
+def neutral_generation_config(model):
+    """Within the block ``model.generation_config`` is a blank ``GenerationConfig`` (transformers' global
+    defaults: no repetition penalty, no n-gram blocking, no banned words...); restored afterwards."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield model
+    finally:
+        model.generation_config = saved
+
+
+def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings) -> torch.Tensor:
+    """``model.generate`` under ``settings`` (from ``generation_settings``) and nothing else: the prompt
+    (B, P) and the generated ids, (B, P + T)."""
+    with neutral_generation_config(model):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask.long(), generation_config=settings)
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -206,21 +248,16 @@ def generate(
     budget = prompt_token_budget([model], max_new_tokens)
     if seed is not None:
         torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None, "top_p": top_p} if do_sample else {"do_sample": False}
+    settings = generation_settings(
+        tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p
+    )
     results: list[Generation] = []
     starts = range(0, len(prompts), batch_size)
     bar = Progress(len(starts), "generate", unit="batches", enabled=progress)
     for start in starts:
         batch = prompts[start : start + batch_size]
         ids, mask = encode_prompts(tokenizer, batch, device, max_tokens=budget)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask.long(),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
+        out = generate_ids(model, ids, mask, settings)
         responses = [cut_at_eos(row, tokenizer.eos_token_id) for row in out[:, ids.shape[1] :].tolist()]
         decoded = decode_with_offsets(tokenizer, [r for r, _ in responses])
         results += [

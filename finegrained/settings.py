@@ -32,6 +32,7 @@ class Setting:
     nullable: bool = False
     open: bool = False  # a mapping of the user's own entries: every key below it is accepted
     overrides_for: str | None = None  # a list of Hydra overrides passed on to this command (demo stages)
+    allow_inf: bool = False  # a float that may be +inf (e.g. a clipping norm: inf = no clipping)
 
     def allowed(self) -> str:
         """What is allowed, as the end of "must be ...", e.g. ``an integer >= 1``."""
@@ -41,7 +42,7 @@ class Setting:
             text = "an integer >= 1 (that many seeds) or a list of integers >= 0"
         else:
             text = {
-                "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                "int": "an integer", "float": "a number (inf allowed)" if self.allow_inf else "a number", "bool": "true or false", "str": "a string",
                 "list": "a list", "mapping": "a mapping", "any": "any value",
             }[self.kind] + self._bounds()  # fmt: skip
         if self.overrides_for:
@@ -79,7 +80,7 @@ class Setting:
             return isinstance(value, list) and all(isinstance(v, str) for v in value)
         if self.kind == "int" and not _is_int(value):
             return False
-        if self.kind == "float" and not (_is_number(value) and math.isfinite(value)):
+        if self.kind == "float" and not (_is_number(value) and (math.isfinite(value) or (self.allow_inf and value == math.inf))):
             return False
         simple = {"bool": bool, "str": str, "list": list, "mapping": dict}
         if self.kind in simple and not isinstance(value, simple[self.kind]):
@@ -124,8 +125,8 @@ def Int(help: str, low=None, high=None, nullable=False) -> Setting:  # noqa: N80
     return Setting(help, "int", low=low, high=high, nullable=nullable)
 
 
-def Float(help: str, low=None, above=None, high=None, below=None, nullable=False) -> Setting:  # noqa: N802
-    return Setting(help, "float", low=low, above=above, high=high, below=below, nullable=nullable)
+def Float(help: str, low=None, above=None, high=None, below=None, nullable=False, allow_inf=False) -> Setting:  # noqa: N802
+    return Setting(help, "float", low=low, above=above, high=high, below=below, nullable=nullable, allow_inf=allow_inf)
 
 
 def Bool(help: str, nullable=False) -> Setting:  # noqa: N802
@@ -277,7 +278,7 @@ PPO = {
     "ppo.lam": Float("GAE lambda", low=0, high=1),
     "ppo.whiten_rewards": Bool("scale rewards to unit variance (keeps their sign)"),
     "ppo.whiten_advantages": Bool("whiten advantages per batch"),
-    "ppo.max_grad_norm": Float("gradient clipping norm", above=0),
+    "ppo.max_grad_norm": Float("gradient clipping norm (.inf: no clipping)", above=0, allow_inf=True),
     "kl.estimator": Choice(("k1", "k3"), "per-token KL estimator: k1 log p/q, k3 (r - 1) - log r"),
     "kl.coef": Float("KL penalty coefficient (the start value when adaptive)", low=0),
     "kl.adaptive": Bool("adapt the coefficient towards kl.target"),

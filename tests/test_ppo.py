@@ -3,6 +3,8 @@ processes over gloo, the NaN guard."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from finegrained.config import compose
 from finegrained.errors import FinegrainedError
 from finegrained.plots import read_scalars
 from finegrained.rl import trainer as ppo
+from finegrained.rl.checkpoint import checkpoint_dirs
 
 
 def smoke(tmp_path: Path, *overrides: str):
@@ -61,41 +64,94 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "final" / "model.safetensors")
 
 
+RESUME_ARGS = ["experiment=smoke", "ppo.iterations=10", "ppo.batch_size=8", "checkpoint.every=2", "checkpoint.keep=3", "log.progress=false"]
+
+
+def run_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "finegrained.cli", "ppo", *RESUME_ARGS, *args]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> Path:
+    straight = tmp_path_factory.mktemp("straight")
+    subprocess.run(run_command(f"output_dir={straight}"), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
+    return straight
+
+
+KILL_POINTS = {
+    # initial_policy/ written (atomically: it appears whole), no checkpoint yet: the resumed run starts over
+    # from the saved policy, and must draw the same random numbers as the run that built it
+    "before_first_checkpoint": lambda out: (out / "initial_policy").is_dir(),
+    "after_a_checkpoint": lambda out: (out / "checkpoints" / "iter-2" / "state.json").is_file(),
+}
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    args = ["experiment=smoke", "ppo.iterations=10", "ppo.batch_size=8", "checkpoint.every=2", "checkpoint.keep=3", "log.progress=false"]
-    command = [sys.executable, "-m", "finegrained.cli", "ppo", *args]
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_run, kill_point):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*command, f"output_dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(run_command(f"output_dir={killed}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (killed / "checkpoints" / "iter-2" / "state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.02)
+    while not KILL_POINTS[kill_point](killed):
+        assert proc.poll() is None and time.time() < deadline, f"run ended before the kill point {kill_point}"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()
-    subprocess.run([*command, f"output_dir={killed}", "resume=true"], env=env, check=True, capture_output=True)
-    straight = tmp_path / "straight"
-    subprocess.run([*command, f"output_dir={straight}"], env=env, check=True, capture_output=True)
-    a, b = final_weights(killed), final_weights(straight)
+    if kill_point == "before_first_checkpoint":
+        assert checkpoint_dirs(killed) == [], "killed too late: a checkpoint was already written"
+    subprocess.run(run_command(f"output_dir={killed}", "resume=true"), env=env, check=True, capture_output=True)
+    a, b = final_weights(killed), final_weights(uninterrupted_run)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
 
 
+def plain_moments(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def check_statistics_are_global(out: Path, cfg) -> None:
+    """Every rank's KL coefficient and whitening statistics equal one process's on the whole batch."""
+    coef = cfg.kl.coef
+    for iteration in (1, 2):
+        ranks = [json.loads((out / "rl_stats" / f"iter-{iteration}-rank-{r}.json").read_text()) for r in (0, 1)]
+        all_kls = ranks[0]["sequence_kl"] + ranks[1]["sequence_kl"]
+        assert len(all_kls) == cfg.ppo.batch_size
+        global_kl = sum(all_kls) / len(all_kls)
+        error = min(max(global_kl / cfg.kl.target - 1.0, -0.2), 0.2)
+        coef *= 1.0 + error * cfg.ppo.batch_size / cfg.kl.horizon
+        for rank in ranks:
+            assert math.isclose(rank["kl"], global_kl, rel_tol=1e-5, abs_tol=1e-9), (iteration, rank["rank"])
+            assert math.isclose(rank["kl_coef"], coef, rel_tol=1e-9), (iteration, rank["rank"])
+        for name in ("rewards", "advantages"):
+            mean, var = plain_moments(ranks[0][name]["values"] + ranks[1][name]["values"])
+            for rank in ranks:
+                assert math.isclose(rank[name]["mean"], mean, rel_tol=1e-4, abs_tol=1e-6), (iteration, name)
+                assert math.isclose(rank[name]["var"], var, rel_tol=1e-4), (iteration, name)
+    # the checks can fail: the ranks' own responses would give other statistics
+    local_mean = plain_moments(ranks[0]["rewards"]["values"])[0]
+    assert not math.isclose(local_mean, ranks[0]["rewards"]["mean"], rel_tol=1e-3)
+    local_kl = sum(ranks[0]["sequence_kl"]) / len(ranks[0]["sequence_kl"])
+    assert not math.isclose(local_kl, ranks[0]["kl"], rel_tol=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [[], ["lora.r=2"]], ids=["full", "lora"])
-def test_two_processes_over_gloo_hold_identical_weights(tmp_path, options):
+def test_two_processes_over_gloo_hold_identical_weights_and_share_statistics(tmp_path, options):
     torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["experiment=smoke", "accelerate.cpu=true", "ppo.iterations=2", "checkpoint.every=0", f"output_dir={tmp_path}",
+            "log.progress=false", "kl.adaptive=true", "ppo.whiten_rewards=true", *options]  # fmt: skip
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", "experiment=smoke", "accelerate.cpu=true",
-         "ppo.iterations=1", "checkpoint.every=0", f"output_dir={tmp_path}", "log.progress=false", *options],  # fmt: skip
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1", ppo.DUMP_STATS_ENV: "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes hold identical policy weights" in result.stderr
     assert (tmp_path / "final" / "model.safetensors").is_file()
+    check_statistics_are_global(tmp_path, compose("ppo", args))
 
 
 def test_nan_reward_stops_with_iteration_and_phase_and_keeps_checkpoints(tmp_path):

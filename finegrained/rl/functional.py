@@ -3,14 +3,20 @@
 Shapes: B = batch, T = response length (right-padded), K = reward categories, V = vocabulary.
 Masks are boolean (or 0/1) with True = real response token (up to and including EOS).
 Nothing here touches models, devices or configs; every function is tested against a plain Python loop.
+Statistics that must be the same on every process (whitening, the KL that drives the controller) take
+``sum_across``: a function that sums a tensor over processes (``accelerator.reduce(t, "sum")``); with it
+every rank computes what one process holding the whole batch would; ``None`` means one process.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+SumAcross = Callable[[torch.Tensor], torch.Tensor]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -32,10 +38,43 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def global_masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, sum_across: SumAcross | None = None, unbiased: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance (scalars) of the masked entries of ``x`` (any shape, ``mask`` same shape) over
+    every process: the sums and counts are added across processes before dividing, so each rank gets the
+    statistics of the whole batch (padding widths may differ between ranks). Two passes (mean, then the
+    squared deviations from it), as ``masked_mean``/``masked_var``: on one process the result is the same."""
+    m = mask.to(x.dtype)
+    totals = torch.stack([(x * m).sum(), m.sum()])  # (2,): sum, count
+    if sum_across is not None:
+        totals = sum_across(totals)
+    total, n = totals[0], totals[1]
+    mean = total / n.clamp(min=1)
+    squares = ((x - mean) ** 2 * m).sum()
+    if sum_across is not None:
+        squares = sum_across(squares)
+    var = squares / n.clamp(min=1)
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    return mean, var
+
+
+def global_mean(values: torch.Tensor, sum_across: SumAcross | None = None) -> torch.Tensor:
+    """Mean of every entry of ``values`` (any shape) over all processes (sum and count added across them)."""
+    totals = torch.stack([values.sum(), torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device)])
+    if sum_across is not None:
+        totals = sum_across(totals)
+    return totals[0] / totals[1].clamp(min=1)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, sum_across: SumAcross | None = None
+) -> torch.Tensor:
     """``x`` (B, T) scaled to unit variance over the masked entries; with ``shift_mean`` also centred.
-    ``shift_mean=False`` (scale only) is how rewards are whitened: it keeps their sign. Padding stays 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    ``shift_mean=False`` (scale only) is how rewards are whitened: it keeps their sign. Padding stays 0.
+    The mean and variance are those of every process's entries (``global_masked_moments``)."""
+    mean, var = global_masked_moments(x, mask, sum_across)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean * torch.rsqrt(var + eps)
@@ -60,6 +99,69 @@ def logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch
     logp = F.log_softmax(logits.float(), dim=-1)
     token_logp = torch.gather(logp, 2, ids.unsqueeze(-1)).squeeze(-1)  # (B, T, 1) -> (B, T)
     entropy = -(logp.exp() * logp).sum(-1)
+    return token_logp, entropy
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The logits the sampler draws from: ``logits`` (B, T, V) (any leading shape) -> float32 (B, T, V).
+
+    Divided by ``temperature``; then, with ``top_k > 0``, every token whose logit is below the k-th largest
+    set to -inf (ties with the k-th kept); then, with ``top_p < 1``, every token outside the smallest set
+    of most likely tokens whose probability reaches ``top_p`` set to -inf (the most likely token always
+    kept). Order, tie and boundary rules are those of transformers' ``TemperatureLogitsWarper``,
+    ``TopKLogitsWarper`` and ``TopPLogitsWarper``, so ``softmax`` of the result is the distribution that
+    ``generate(do_sample=True, temperature, top_k, top_p)`` samples each token from."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    scores = logits.float() / temperature
+    if top_k and top_k > 0:
+        k = min(int(top_k), scores.shape[-1])
+        kth_largest = torch.topk(scores, k, dim=-1).values[..., -1:]  # (B, T, 1)
+        scores = scores.masked_fill(scores < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, sorted_indices = torch.sort(scores, dim=-1, descending=False)  # ascending, as HF
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        sorted_remove = cumulative <= (1 - top_p)
+        sorted_remove[..., -1:] = False  # keep at least the most likely token
+        remove = sorted_remove.scatter(-1, sorted_indices, sorted_remove)  # back to vocabulary order
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def suppress_eos(logits: torch.Tensor, eos_token_id: int | None, min_new_tokens: int) -> torch.Tensor:
+    """``logits`` (B, T, V) with the EOS logit set to -inf at response positions ``t < min_new_tokens``
+    (what transformers' ``MinNewTokensLengthLogitsProcessor`` does while sampling, before the warpers)."""
+    if eos_token_id is None or min_new_tokens <= 0:
+        return logits
+    early = torch.arange(logits.shape[1], device=logits.device) < min_new_tokens  # (T,)
+    is_eos = torch.arange(logits.shape[-1], device=logits.device) == eos_token_id  # (V,)
+    return logits.masked_fill(early[:, None] & is_eos[None, :], float("-inf"))  # (T, V) broadcast over B
+
+
+def sampling_logprobs_and_entropy(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    eos_token_id: int | None = None, min_new_tokens: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Log-probs (B, T) of ``ids`` (B, T) and entropies (B, T) under the distribution the sampler draws
+    from: raw ``logits`` (B, T, V) -> ``suppress_eos`` -> ``process_logits`` -> softmax. Both keep their
+    gradient.
+
+    The token in ``ids`` always stays in the support, so every log-prob is finite: generate's KV-cache
+    logits and a full forward pass differ in the last bits, which can put a sampled token just outside a
+    recomputed top-k / top-p set; and in the PPO epochs a token the updated policy would no longer keep
+    gets a small, finite ratio instead of log-prob -inf (its clipped term then carries no gradient, or
+    pushes it back up when its advantage is positive). Entropy is taken over the kept tokens."""
+    scores = process_logits(suppress_eos(logits, eos_token_id, min_new_tokens), temperature, top_k, top_p)
+    truncated = bool(top_k and top_k > 0) or (top_p is not None and top_p < 1.0) or (eos_token_id is not None and min_new_tokens > 0)
+    if not truncated:
+        return logprobs_and_entropy(scores, ids)
+    index = ids.unsqueeze(-1)  # (B, T, 1)
+    tempered = logits.float() / temperature
+    scores = scores.scatter(-1, index, tempered.gather(-1, index))  # the sampled token back in the support
+    logp = F.log_softmax(scores, dim=-1)
+    token_logp = torch.gather(logp, -1, index).squeeze(-1)  # (B, T, 1) -> (B, T)
+    # p log p is 0 outside the support; masking log p (not the product) keeps the gradient free of 0 x inf
+    entropy = -(logp.exp() * logp.masked_fill(torch.isneginf(scores), 0.0)).sum(-1)
     return token_logp, entropy
 
 
@@ -112,6 +214,15 @@ def gae(
         next_value = values[:, t]
     returns = (advantages + values) * m
     return advantages, returns
+
+
+def accumulation_groups(n_minibatches: int, grad_accum: int) -> list[range]:
+    """Consecutive minibatch indices sharing one optimizer step: groups of ``grad_accum``, the last one
+    shorter when ``grad_accum`` does not divide ``n_minibatches``. Each minibatch's loss is divided by the
+    length of *its* group, so every step follows the mean of its group's minibatch losses (a short last
+    group is not under-weighted, as dividing by ``grad_accum`` would make it)."""
+    step = max(1, int(grad_accum))
+    return [range(start, min(start + step, n_minibatches)) for start in range(0, n_minibatches, step)]
 
 
 def policy_loss(

@@ -2,7 +2,11 @@
 
 - The policy is any HF causal LM (``policy.name_or_path``: a directory or hub id) or a tiny GPT-2 built
   from config with a tokenizer trained on the task's prompts. A tiny policy is saved once to
-  ``output_dir/initial_policy/`` so that a resumed run rebuilds the same reference and tokenizer.
+  ``output_dir/initial_policy/`` so that a resumed run rebuilds the same reference and tokenizer; the
+  random-generator states right after building it are saved beside it (``RNG_STATE_FILE``) and restored
+  after loading it, because building draws random numbers that loading does not: without them a run
+  resumed before its first checkpoint would initialise its value head (and LoRA adapters) differently
+  from the uninterrupted run.
 - The reference policy is a frozen copy of the initial policy (eval mode, no gradients); with LoRA
   (``lora.r > 0``, ``finegrained.rl.lora``) it is instead the policy itself with its adapters switched off.
 - The value model is either separate (``value.shared=false``: the policy's trunk copied, or a reward-model
@@ -20,6 +24,9 @@ from torch import nn
 
 from ..errors import FinegrainedError
 from ..generation import prepare_tokenizer
+from .checkpoint import rng_state, set_rng_state
+
+RNG_STATE_FILE = "finegrained_rng_state.pt"
 
 
 class ValueHead(nn.Module):
@@ -63,7 +70,8 @@ def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_ini
 
     source = cfg.policy.name_or_path
     initial = output_dir / "initial_policy"
-    if not source and initial.is_dir():
+    reloaded_initial = not source and initial.is_dir()
+    if reloaded_initial:
         source = str(initial)
     if source:
         try:
@@ -71,6 +79,9 @@ def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_ini
             policy = AutoModelForCausalLM.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise FinegrainedError(f"policy.name_or_path={source}: cannot load a causal LM: {e}") from None
+        if reloaded_initial and (initial / RNG_STATE_FILE).is_file():
+            # continue from the random state the run that built this policy had: the same draws follow
+            set_rng_state(torch.load(initial / RNG_STATE_FILE, weights_only=True))
     else:
         from ..io import atomic_directory
         from ..models.tiny import tiny_causal_lm, train_tokenizer
@@ -84,6 +95,7 @@ def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_ini
             with atomic_directory(initial, overwrite=True) as tmp:
                 policy.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+                torch.save(rng_state(), tmp / RNG_STATE_FILE)
     # PPO compares log-probs of the same tokens before and after an update: dropout would add noise to
     # that ratio, so it is switched off (as in most RLHF codebases).
     for module in policy.modules():

@@ -24,6 +24,7 @@ Launching on several devices (the output directory is resolved before processes 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -36,17 +37,20 @@ from ..config import compose_from_argv, log, save_config
 from ..errors import FinegrainedError
 from ..generation import check_local_source, fit_prompts, prompt_token_budget
 from ..progress import Progress
-from ..io import atomic_directory
+from ..io import atomic_directory, atomic_write_json
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import RewardScorer, has_non_finite
 from . import functional as F
 from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .lora import adapters_disabled, add_adapters, count_parameters, merge_adapters_
 from .policy import build_policy, build_value_model, frozen_copy
-from .rollout import joint_inputs, policy_forward, sample_responses
+from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
 from .types import Trajectory
 
 PHASES = ("generate", "segment", "score", "place", "ref_value_forward", "advantage", "update")
+# Test-only: when set, every rank writes its KL and whitening statistics to output_dir/rl_stats/ each
+# iteration (the two-process test compares them across ranks and with a one-process computation).
+DUMP_STATS_ENV = "FINEGRAINED_DUMP_RL_STATS"
 
 
 class NonFiniteError(FinegrainedError):
@@ -106,6 +110,10 @@ class PPOTrainer:
             log(f"[ppo] LoRA r={cfg.lora.r} on {len(adapted)} layers: {trainable:,} of {total:,} policy parameters train")
         else:
             self.reference = frozen_copy(policy).to(self.accelerator.device)
+        # Every policy log-prob (rollout and PPO epochs) under the sampling distribution; the reference's
+        # at the same temperature, untruncated (finegrained.rl.rollout explains why)
+        self.policy_distribution = TokenDistribution.of_sampling(cfg.generation, self.tokenizer.eos_token_id)
+        self.reference_distribution = self.policy_distribution.for_reference()
         self.scorer = RewardScorer.from_config(cfg.reward, device=self.accelerator.device)
         self.oracle = self._oracle()
         p = cfg.ppo
@@ -120,6 +128,10 @@ class PPOTrainer:
         self.kl_ctl = (
             F.AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive else F.FixedKLController(cfg.kl.coef)
         )
+        # Sums over processes, so that whitening and the KL controller see the whole batch on every rank
+        self.sum_across = None if self.accelerator.num_processes == 1 else (lambda t: self.accelerator.reduce(t, reduction="sum"))
+        self._dump_stats = bool(os.environ.get(DUMP_STATS_ENV))
+        self._stats_record: dict = {}
         self.iteration = 0
         self.data_position = 0
         if cfg.resume:
@@ -193,11 +205,13 @@ class PPOTrainer:
         return self.value(ids, mask.long(), position_ids)[:, prompt_length - 1 : -1]
 
     def reference_logprobs(self, ids, mask, position_ids, prompt_length: int, response_ids) -> torch.Tensor:
-        """Log-probs (B, T) of the response tokens under the frozen reference policy."""
+        """Log-probs (B, T) of the response tokens under the frozen reference policy (same temperature as
+        sampling, no top-k / top-p truncation)."""
+        dist = self.reference_distribution
         if self.reference is not None:
-            return policy_forward(self.reference, ids, mask, position_ids, prompt_length, response_ids)[0]
+            return policy_forward(self.reference, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
         with adapters_disabled(self.accelerator.unwrap_model(self.policy)):
-            return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids)[0]
+            return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
 
     def _check_finite(self, what: str, phase: str, tensor: torch.Tensor) -> None:
         if not torch.isfinite(tensor).all():
@@ -239,7 +253,9 @@ class PPOTrainer:
         with timer("ref_value_forward"), torch.no_grad(), self.accelerator.autocast():
             ids, mask, position_ids = joint_inputs(query_ids, query_mask, response_ids, response_mask)
             P = query_ids.shape[1]
-            logprobs, _, hidden = policy_forward(self.policy, ids, mask, position_ids, P, response_ids, self.cfg.value.shared)
+            logprobs, _, hidden = policy_forward(
+                self.policy, ids, mask, position_ids, P, response_ids, self.cfg.value.shared, self.policy_distribution
+            )
             ref_logprobs = self.reference_logprobs(ids, mask, position_ids, P, response_ids)
             values = self._values(ids, mask, position_ids, P, hidden).float()
         trajectory = Trajectory(
@@ -250,59 +266,72 @@ class PPOTrainer:
         return trajectory, {"decoded": decoded}, texts, breakdown
 
     def advantages(self, traj: Trajectory, timer: PhaseTimer):
-        """Steps 4-5: KL-penalised token rewards, then GAE. Returns (advantages, returns, kl) each (B, T)."""
+        """Steps 4-5: KL-penalised token rewards, then GAE. Returns (advantages, returns, kl) each (B, T).
+        Whitening uses the mean and variance over every process's tokens (``sum_across``)."""
         cfg = self.cfg
         with timer("advantage"):
             mask = traj.response_mask
             kl = F.kl_penalty(traj.logprobs, traj.ref_logprobs, cfg.kl.estimator) * mask  # (B, T)
             rewards = F.token_rewards_with_kl(traj.rewards, kl, self.kl_ctl.value, mask)
+            self._record_whitening("rewards", rewards, mask)
             if cfg.ppo.whiten_rewards:
-                rewards = F.masked_whiten(rewards, mask, shift_mean=False)
+                rewards = F.masked_whiten(rewards, mask, shift_mean=False, sum_across=self.sum_across)
             advantages, returns = F.gae(rewards, traj.values, mask, cfg.ppo.gamma, cfg.ppo.lam)
+            self._record_whitening("advantages", advantages, mask)
             if cfg.ppo.whiten_advantages:
-                advantages = F.masked_whiten(advantages, mask)
+                advantages = F.masked_whiten(advantages, mask, sum_across=self.sum_across)
         self._check_finite("the advantages", "advantage", advantages)
         return advantages, returns, kl
 
-    def update(self, traj: Trajectory, advantages, returns, timer: PhaseTimer) -> dict:
-        """Step 6: PPO epochs over shuffled minibatches (gradient accumulation, clipping, schedule)."""
+    def _minibatch_loss(self, traj: Trajectory, inputs, idx, advantages, returns) -> tuple[torch.Tensor, dict]:
+        """The PPO loss of the minibatch ``idx`` (indices into the batch) and its statistics."""
         cfg, p = self.cfg, self.cfg.ppo
+        ids, mask, position_ids, P = inputs
+        rmask = traj.response_mask[idx]
+        with self.accelerator.autocast():
+            logprobs, entropy, hidden = policy_forward(
+                self.policy, ids[idx], mask[idx], position_ids[idx], P, traj.response_ids[idx], cfg.value.shared, self.policy_distribution
+            )  # fmt: skip
+            values = self._values(ids[idx], mask[idx], position_ids[idx], P, hidden).float()
+        pg_loss, clip_frac, approx_kl = F.policy_loss(logprobs.float(), traj.logprobs[idx], advantages[idx], rmask, p.clip_range)
+        v_loss, v_clip = F.value_loss(values, traj.values[idx], returns[idx], rmask, p.clip_range_value)
+        entropy_mean = F.masked_mean(entropy, rmask)
+        loss = pg_loss + p.value_coef * v_loss - p.entropy_coef * entropy_mean
+        self._check_finite("the PPO loss", "update", loss.detach())
+        stats = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_mean, "approx_kl": approx_kl,
+                 "clip_fraction": clip_frac, "value_clip_fraction": v_clip}  # fmt: skip
+        return loss, {k: float(v.detach()) for k, v in stats.items()}
+
+    def update(self, traj: Trajectory, advantages, returns, timer: PhaseTimer) -> dict:
+        """Step 6: PPO epochs over shuffled minibatches; one optimizer step per accumulation group, each
+        minibatch's loss divided by the number of minibatches in its group (``F.accumulation_groups``)."""
+        p = self.cfg.ppo
         B = traj.response_ids.shape[0]
         ids, mask, position_ids = joint_inputs(traj.query_ids, traj.query_mask, traj.response_ids, traj.response_mask)
-        P = traj.query_ids.shape[1]
+        inputs = (ids, mask, position_ids, traj.query_ids.shape[1])
         mb = max(1, min(p.minibatch_size, B))
-        sums = {k: 0.0 for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "value_clip_fraction", "grad_norm")}
+        sums = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "value_clip_fraction"), 0.0)
+        grad_norms: list[float] = []
         n_minibatches = 0
         with timer("update"):
             self.policy.train()
             for _ in range(p.epochs):
                 order = torch.randperm(B, device=ids.device)
                 chunks = [order[i : i + mb] for i in range(0, B, mb)]
-                for step, idx in enumerate(chunks):
-                    rmask = traj.response_mask[idx]
-                    with self.accelerator.autocast():
-                        logprobs, entropy, hidden = policy_forward(
-                            self.policy, ids[idx], mask[idx], position_ids[idx], P, traj.response_ids[idx], cfg.value.shared
-                        )
-                        values = self._values(ids[idx], mask[idx], position_ids[idx], P, hidden).float()
-                    pg_loss, clip_frac, approx_kl = F.policy_loss(logprobs.float(), traj.logprobs[idx], advantages[idx], rmask, p.clip_range)
-                    v_loss, v_clip = F.value_loss(values, traj.values[idx], returns[idx], rmask, p.clip_range_value)
-                    entropy_mean = F.masked_mean(entropy, rmask)
-                    loss = pg_loss + p.value_coef * v_loss - p.entropy_coef * entropy_mean
-                    self._check_finite("the PPO loss", "update", loss.detach())
-                    self.accelerator.backward(loss / p.grad_accum)
-                    if (step + 1) % p.grad_accum == 0 or step + 1 == len(chunks):
-                        params = [q for group in self.optimizer.param_groups for q in group["params"]]
-                        grad_norm = self.accelerator.clip_grad_norm_(params, p.max_grad_norm)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        sums["grad_norm"] += float(grad_norm)
-                    for key, value in (("policy_loss", pg_loss), ("value_loss", v_loss), ("entropy", entropy_mean),
-                                       ("approx_kl", approx_kl), ("clip_fraction", clip_frac), ("value_clip_fraction", v_clip)):  # fmt: skip
-                        sums[key] += float(value.detach())
-                    n_minibatches += 1
+                for group in F.accumulation_groups(len(chunks), p.grad_accum):
+                    for step in group:
+                        loss, minibatch_stats = self._minibatch_loss(traj, inputs, chunks[step], advantages, returns)
+                        self.accelerator.backward(loss / len(group))
+                        for key, value in minibatch_stats.items():
+                            sums[key] += value
+                        n_minibatches += 1
+                    params = [q for param_group in self.optimizer.param_groups for q in param_group["params"]]
+                    grad_norms.append(float(self.accelerator.clip_grad_norm_(params, p.max_grad_norm)))
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
         stats = {k: v / max(n_minibatches, 1) for k, v in sums.items()}
+        stats["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)  # mean over optimizer steps
         # tensorboard groups the two losses under one "loss/" section
         stats["loss/policy"] = stats.pop("policy_loss")
         stats["loss/value"] = stats.pop("value_loss")
@@ -316,9 +345,12 @@ class PPOTrainer:
         advantages, returns, kl = self.advantages(traj, timer)
         stats = self.update(traj, advantages, returns, timer)
         mask = traj.response_mask
-        sequence_kl = float((kl * mask).sum(-1).mean())
+        # the mean KL per response over every process's responses: each rank moves its controller alike
+        sequence_kl = float(F.global_mean((kl * mask).sum(-1), self.sum_across))
         self.kl_ctl.update(sequence_kl, self.cfg.ppo.batch_size)
         self.iteration += 1
+        if self._dump_stats:
+            self._write_stats(kl, mask, sequence_kl)
         stats.update({
             "reward/total": float(traj.rewards.sum(-1).mean()),
             "kl": sequence_kl,
@@ -340,6 +372,21 @@ class PPOTrainer:
         stats.update({f"time/{phase}": seconds for phase, seconds in timer.seconds.items()})
         self._last = (prompts, texts, breakdown)
         return stats
+
+    # -- test-only statistics (DUMP_STATS_ENV) -----------------------------------------------------------
+    def _record_whitening(self, name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
+        """Remember what whitening sees (its real entries) and the statistics it uses, when dumping."""
+        if not self._dump_stats:
+            return
+        mean, var = F.global_masked_moments(x, mask, self.sum_across)
+        self._stats_record[name] = {"values": x[mask.bool()].tolist(), "mean": float(mean), "var": float(var)}
+
+    def _write_stats(self, kl: torch.Tensor, mask: torch.Tensor, sequence_kl: float) -> None:
+        record = {
+            "rank": self.accelerator.process_index, "iteration": self.iteration, "kl_coef": self.kl_ctl.value,
+            "kl": sequence_kl, "sequence_kl": (kl * mask).sum(-1).tolist(), **self._stats_record,
+        }  # fmt: skip
+        atomic_write_json(self.out / "rl_stats" / f"iter-{self.iteration}-rank-{self.accelerator.process_index}.json", record)
 
     # -- outputs ---------------------------------------------------------------------------------------
     def log_stats(self, stats: dict) -> None:
