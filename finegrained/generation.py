@@ -23,16 +23,14 @@ class Generation:
 
 
 def load_policy(name_or_path: str, device: str | torch.device | None = None):
-    """A causal LM and its tokenizer from an HF directory or hub id, in eval mode, left padding."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """A causal LM and its tokenizer from a local HF directory (checked by ``model_dirs.load_causal_lm``:
+    a reward model or a broken directory is refused), in eval mode, left padding."""
     from .errors import FinegrainedError
+    from .model_dirs import load_causal_lm
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
-        raise FinegrainedError(f"{name_or_path}: cannot load a causal LM and tokenizer: {e}") from None
+    model, tokenizer = load_causal_lm(name_or_path, "a policy")
+    if tokenizer.eos_token_id is None:
+        raise FinegrainedError(f"{name_or_path}: cannot use it as a policy: its tokenizer has no EOS token")
     prepare_tokenizer(tokenizer)
     model.to(device or "cpu").eval()
     return model, tokenizer
