@@ -283,6 +283,20 @@ def check_causal(model, directory: Path, role: str, vocab_size: int, forward: Ca
         raise fail(directory, role, "not causal: its outputs at a position depend on later tokens (a bidirectional encoder?)")
 
 
+def require_decoder(config, directory: Path, role: str) -> None:
+    """Refuse by config what cannot be causal: encoder-decoders, and encoders (BERT, RoBERTa, ...: model types
+    with a masked-LM head) not configured as decoders."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise fail(directory, role, f"an encoder-decoder model ({model_type}), not a decoder-only causal LM")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise fail(directory, role, f"not a causal (decoder) model (model_type {model_type!r})")
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise fail(directory, role, f"not causal: a bidirectional encoder (model_type {model_type!r} without is_decoder)")
+
+
 def load_causal_lm(directory: str | Path, role: str = "a policy"):
     """(model, tokenizer) of a causal-LM directory, checked (see the module doc); eval mode, on CPU."""
     from transformers import AutoModelForCausalLM
@@ -291,8 +305,7 @@ def load_causal_lm(directory: str | Path, role: str = "a policy"):
     path = require_directory(directory, role)
     config = read_config(path, role)
     require_architecture(config, path, role, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal LM")
-    if getattr(config, "is_encoder_decoder", False):
-        raise fail(path, role, "an encoder-decoder model, not a decoder-only causal LM")
+    require_decoder(config, path, role)
     model = load_pretrained(path, AutoModelForCausalLM.from_pretrained, role)
     tokenizer = load_tokenizer(path, role, embedding_rows(model))
     check_causal(model, path, role, len(tokenizer), lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits)
@@ -303,13 +316,13 @@ def load_value_trunk(directory: str | Path, policy_tokenizer, role: str = "the v
     """A causal backbone (``AutoModel``) for a value model, whose vocabulary is the policy's: every policy
     token has the same id in the directory's tokenizer, and an embedding row."""
     from transformers import AutoModel
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     path = require_directory(directory, role)
-    config = read_config(path, role)
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise fail(path, role, f"not a causal (decoder) backbone (model_type {getattr(config, 'model_type', None)!r})")
+    require_decoder(read_config(path, role), path, role)
     trunk = load_pretrained(path, AutoModel.from_pretrained, role, allow_missing=("pooler.",))
+    if not any((path / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise fail(path, role, "no tokenizer files, so its vocabulary cannot be checked against the policy's "
+                               "(save the tokenizer with the model)")
     tokenizer = load_tokenizer(path, role, embedding_rows(trunk))
     theirs, ours = tokenizer.get_vocab(), policy_tokenizer.get_vocab()
     different = [token for token, index in ours.items() if theirs.get(token) != index]

@@ -132,7 +132,8 @@ def _torch_file(path: Path) -> Any:
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # a damaged pickle/zip raises many kinds of error; every one means "unreadable"
-        raise CheckpointError(f"{path.parent}: {path.name} is unreadable ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())[:200]  # torch's messages run over several lines
+        raise CheckpointError(f"{path.parent}: {path.name} is unreadable ({type(e).__name__}: {detail})") from None
 
 
 def _check_state(state: Any, iteration: int, directory: Path) -> dict:
