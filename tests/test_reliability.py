@@ -325,6 +325,9 @@ def test_commands_refuse_the_wrong_kind_of_directory(tmp_path, pristine, capsys)
     assert f"{damaged}: cannot use it as a reward model" in err
     err = cli_error(capsys, "ppo", "experiment=smoke", f"policy.name_or_path={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'p2'}")
     assert f"{tmp_path / 'nowhere'}: no such directory" in err and "huggingface.co" not in err
+    err = cli_error(capsys, "train-rm", "schema=synthetic_qa", "category=factuality", f"data.train={data}", "model=pretrained",
+                    f"model.name_or_path={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'rm'}")  # fmt: skip
+    assert f"{tmp_path / 'nowhere'}: no such directory" in err and "huggingface.co" not in err
 
 
 def test_value_init_from_must_be_causal_and_share_the_policys_vocabulary(tmp_path, pristine, tokenizer):

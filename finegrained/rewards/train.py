@@ -155,17 +155,19 @@ def build_pretrained_backbone(kind: str, name_or_path: str):
     Decoders without a pad token pad with EOS; span and joint models get the marker token and resized
     embeddings.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
+    from ..model_dirs import load_tokenizer, require_directory
     from .joint_model import auto_backbone
 
-    path = resolve_backbone_path(name_or_path)
+    role = f"the backbone (model.name_or_path={name_or_path})"
+    path = str(require_directory(resolve_backbone_path(name_or_path), role))  # local only: never a hub download
+    tokenizer = load_tokenizer(path, role)  # its vocabulary files present, not empty
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         if kind == "joint":
-            model = auto_backbone(AutoModel.from_pretrained, path)
+            model = auto_backbone(AutoModel.from_pretrained, path, local_files_only=True)
         else:
-            model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, **_head_kwargs(kind))
+            model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, local_files_only=True, **_head_kwargs(kind))
     except (OSError, ValueError) as e:
         raise FinegrainedError(f"model.name_or_path={name_or_path}: cannot load a backbone: {e}") from None
     if tokenizer.pad_token is None:
