@@ -246,6 +246,9 @@ REWARD_MODEL_DAMAGE = {
     "more layers than weights": (lambda d: _edit_json(d / "config.json", num_hidden_layers=2), "weights missing"),
     "other shapes": (lambda d: _edit_json(d / "config.json", intermediate_size=32), "do not"),
     "NaN weights": (_nan_weights, "NaN or infinite"),
+    "garbage config": (lambda d: (d / "config.json").write_text("{nope"), "config.json"),
+    "config of no model type": (lambda d: _write_json(d / "config.json", {}), "config.json"),
+    "garbage tokenizer": (lambda d: (d / "tokenizer.json").write_text("[1, 2"), "tokenizer"),
     "kind of the other head": (lambda d: _edit_json(d / "finegrained.json", kind="preference", granularity="sequence",
                                                     normalisation={"mean": 0, "std": 1}), "not a preference reward model"),
     "not a directory": (lambda d: (shutil.rmtree(d), d.write_text("x")), "not a directory"),
@@ -389,7 +392,18 @@ CHECKPOINT_DAMAGE = {
     "state without a data position": lambda d: _write_json(d / "state.json", {"iteration": 2}),
     "no state": lambda d: (d / "state.json").unlink(),
     "another model's shapes": _shape_mismatch,
+    "rng of another structure": lambda d: torch.save({"python": 1}, d / "rng.pt"),
+    "optimizer of another model": lambda d: torch.save(_other_optimizer_state(), d / "optimizer.pt"),
 }
+
+
+def _other_optimizer_state() -> dict:
+    """Adam state of a model with as many parameters as ``tiny_run``'s, of other shapes."""
+    policy, value = torch.nn.Linear(5, 3), torch.nn.Linear(5, 1)
+    optimizer = torch.optim.Adam([*policy.parameters(), *value.parameters()])
+    (policy(torch.ones(1, 5)).sum() + value(torch.ones(1, 5)).sum()).backward()
+    optimizer.step()
+    return optimizer.state_dict()
 
 
 @pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE), ids=list(CHECKPOINT_DAMAGE))

@@ -76,13 +76,20 @@ def save_checkpoint(output_dir: Path, iteration: int, policy, value, optimizer, 
         save_module_file(policy, tmp / "policy.safetensors", "the policy")
         save_module_file(value, tmp / "value.safetensors", "the value model")
         refuse_non_finite(optimizer_tensors(optimizer), tmp, "the optimizer state")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save_torch(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, **state}, indent=2))
     for _, old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_torch(obj, path: Path) -> None:
+    # through a Python file: a full disk is then OSError(ENOSPC), where torch's own file writer only says
+    # "unexpected pos"
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 @dataclass
@@ -152,6 +159,39 @@ def _check_state(state: Any, iteration: int, directory: Path) -> dict:
     return state
 
 
+def _check_optimizer(saved: Any, optimizer, directory: Path) -> None:
+    """Same parameter groups as this run's optimizer, state tensors of the parameters' shapes, all finite."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    current = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict) or \
+            [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in groups] != [len(g["params"]) for g in current]:
+        raise CheckpointError(f"{directory}: optimizer.pt does not match this run's parameter groups")
+    shapes = [tuple(p.shape) for group in optimizer.param_groups for p in group["params"]]
+    for index, state in saved["state"].items():
+        if not (isinstance(index, int) and 0 <= index < len(shapes) and isinstance(state, dict)):
+            raise CheckpointError(f"{directory}: optimizer.pt has state for an unknown parameter {index!r}")
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != shapes[index]:
+                raise CheckpointError(f"{directory}: optimizer.pt state[{index}].{key} has shape {tuple(value.shape)}, "
+                                      f"the parameter {shapes[index]}")
+    bad = first_non_finite((f"state[{i}].{k}", v) for i, s in saved["state"].items() for k, v in s.items())
+    if bad is not None:
+        raise CheckpointError(f"{directory}: optimizer.pt tensor {bad!r} has NaN or infinite values")
+
+
+def _check_rng(rng: Any, directory: Path) -> None:
+    """The structure ``set_rng_state`` expects (``rng_state``'s)."""
+    ok = (
+        isinstance(rng, dict)
+        and isinstance(rng.get("python"), (tuple, list)) and len(rng["python"]) == 3
+        and isinstance(rng.get("numpy"), (tuple, list)) and len(rng["numpy"]) == 5
+        and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+        and isinstance(rng.get("cuda"), (tuple, list))
+    )  # fmt: skip
+    if not ok:
+        raise CheckpointError(f"{directory}: rng.pt does not hold the random generator states of a checkpoint")
+
+
 def read_checkpoint(directory: Path, policy, value, optimizer) -> CheckpointContents:
     """Read and check every file of a checkpoint against this run's models; raises ``CheckpointError``."""
     directory = Path(directory)
@@ -173,17 +213,13 @@ def read_checkpoint(directory: Path, policy, value, optimizer) -> CheckpointCont
             raise CheckpointError(str(e)) from None
         _check_weights(tensors[what], module, f"the {what}", directory)
     optimizer_state = _torch_file(directory / "optimizer.pt")
-    groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
-    current = optimizer.state_dict()["param_groups"]
-    if not isinstance(groups, list) or [len(g.get("params", [])) for g in groups] != [len(g["params"]) for g in current]:
-        raise CheckpointError(f"{directory}: optimizer.pt does not match this run's parameter groups")
-    bad = first_non_finite(
-        (f"state[{i}].{k}", v) for i, s in optimizer_state.get("state", {}).items() for k, v in s.items()
-    )
-    if bad is not None:
-        raise CheckpointError(f"{directory}: optimizer.pt tensor {bad!r} has NaN or infinite values")
-    return CheckpointContents(directory, tensors["policy"], tensors["value"], optimizer_state,
-                              _torch_file(directory / "scheduler.pt"), _torch_file(directory / "rng.pt"), state)  # fmt: skip
+    _check_optimizer(optimizer_state, optimizer, directory)
+    scheduler_state = _torch_file(directory / "scheduler.pt")
+    if not isinstance(scheduler_state, dict):
+        raise CheckpointError(f"{directory}: scheduler.pt does not hold a scheduler state")
+    rng = _torch_file(directory / "rng.pt")
+    _check_rng(rng, directory)
+    return CheckpointContents(directory, tensors["policy"], tensors["value"], optimizer_state, scheduler_state, rng, state)
 
 
 def apply_checkpoint(contents: CheckpointContents, policy, value, optimizer, scheduler) -> dict:
