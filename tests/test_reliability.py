@@ -184,14 +184,32 @@ def test_ppo_divergence_stops_naming_the_iteration_and_tells_the_truth_about_che
     assert "iter-1, holds these weights" in str(info.value)
 
     # a NaN weight after an update (the loss itself stayed finite)
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    first = next(policy.parameters())
+    kept = first.detach().clone()
+
     def poisoned_update(*args, **kwargs):
         with torch.no_grad():
-            next(trainer.accelerator.unwrap_model(trainer.policy).parameters()).view(-1)[0] = float("nan")
+            first.view(-1)[0] = float("nan")
         trainer._check_weights_after_update()
 
     monkeypatch.undo()
     monkeypatch.setattr(trainer, "update", poisoned_update)
     with pytest.raises(FinegrainedError, match=r"iteration 2, phase update: .*policy has NaN.*last good checkpoint, .*iter-1"):
+        trainer.run_iteration()
+    monkeypatch.undo()
+    with torch.no_grad():
+        first.copy_(kept)
+
+    # finite but huge weights whose logits overflow: caught after the update (before a checkpoint holds them),
+    # and, if they reach sampling, torch.multinomial's failure becomes the same clear stop
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.mul_(1e20)
+    ids = torch.tensor([trainer.tokenizer("question: where?", add_special_tokens=False).input_ids])
+    with pytest.raises(FinegrainedError, match=r"iteration 2, phase update: after the update the policy gives NaN or infinite logits"):
+        trainer._check_weights_after_update(ids, torch.ones_like(ids, dtype=torch.bool), torch.arange(ids.shape[1])[None])
+    with pytest.raises(FinegrainedError, match=r"iteration 2, phase generate: sampling failed"):
         trainer.run_iteration()
 
 

@@ -212,12 +212,18 @@ class PPOTrainer:
         if not torch.isfinite(tensor).all():
             raise self._stop(phase, f"{what} is NaN or infinite")
 
-    def _check_weights_after_update(self) -> None:
-        """Diverged weights stop the run here, before a checkpoint could hold them."""
+    def _check_weights_after_update(self, ids=None, mask=None, position_ids=None) -> None:
+        """Diverged weights stop the run here, before a checkpoint could hold them: non-finite weights, or
+        (finite but huge) weights whose logits on one sequence of the batch ``ids`` (1, L) are not finite."""
         for what, model in (("the policy", self.policy), ("the value model", self.value)):
             bad = first_non_finite(module_tensors(self.accelerator.unwrap_model(model)))
             if bad is not None:
                 raise self._stop("update", f"after the update {what} has NaN or infinite weights (first: {bad!r})")
+        if ids is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                logits = self.policy(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids).logits
+            if not torch.isfinite(logits).all():
+                raise self._stop("update", "after the update the policy gives NaN or infinite logits (its weights diverged)")
 
     def rollout(self, prompts: list[str], timer: PhaseTimer) -> tuple[Trajectory, dict, list[str], object]:
         cfg, device = self.cfg, self.accelerator.device
@@ -322,7 +328,7 @@ class PPOTrainer:
                                        ("approx_kl", approx_kl), ("clip_fraction", clip_frac), ("value_clip_fraction", v_clip)):  # fmt: skip
                         sums[key] += float(value.detach())
                     n_minibatches += 1
-        self._check_weights_after_update()
+        self._check_weights_after_update(ids[:1], mask[:1], position_ids[:1])
         stats = {k: v / max(n_minibatches, 1) for k, v in sums.items()}
         # tensorboard groups the two losses under one "loss/" section
         stats["loss/policy"] = stats.pop("policy_loss")
