@@ -39,48 +39,28 @@ class Generation:
     prompt_budget: int | None = None  # the prompt kept at most this many (last) tokens; None: no limit
 
 
-def looks_like_local_path(name: str) -> bool:
-    """Whether ``name`` reads as a file-system path rather than a hub id (``org/name`` or ``name``): it is
-    absolute, starts with ``.`` or ``~``, has two or more ``/``, or its first part is a local directory."""
-    name = str(name)
-    if name.startswith((".", "~", os.sep)) or (os.altsep and os.altsep in name) or name.count("/") >= 2:
-        return True
-    return "/" in name and Path(name.split("/")[0]).is_dir()
-
-
 def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
     """A clear "no such directory" for a ``option`` value that looks like a local path and is missing,
     instead of a failed hub connection."""
     from .errors import FinegrainedError
+    from .model_dirs import looks_like_local_path
 
     if looks_like_local_path(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
         raise FinegrainedError(f"{option}={name_or_path}: no such directory")
 
 
-def load_causal_lm(name_or_path: str | os.PathLike, option: str = "--policy"):
-    """``(model, tokenizer)`` from a local directory or a hub id; user errors say which one failed and why."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def load_policy(name_or_path: str, device: str | torch.device | None = None, option: str | None = None):
+    """A causal LM and its tokenizer from an HF directory or hub id (checked by ``model_dirs.load_causal_lm``:
+    a reward model or a broken directory is refused), in eval mode, left padding. ``option`` names the
+    setting it came from in error messages (e.g. ``policies.a``)."""
     from .errors import FinegrainedError
+    from .model_dirs import load_causal_lm
 
-    name = str(name_or_path)
-    check_local_source(name, option)
-    local = Path(name).expanduser().exists()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        if not local:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FinegrainedError(f"{option}={name}: no such directory, and not loadable as a Hugging Face hub id "
-                                   f"({first})") from None  # fmt: skip
-        raise FinegrainedError(f"{option}={name}: cannot load a causal LM and tokenizer: {e}") from None
-    return model, tokenizer
-
-
-def load_policy(name_or_path: str, device: str | torch.device | None = None, option: str = "--policy"):
-    """A causal LM and its tokenizer from an HF directory or hub id, in eval mode, left padding."""
-    model, tokenizer = load_causal_lm(name_or_path, option)
+    if option:
+        check_local_source(name_or_path, option)
+    model, tokenizer = load_causal_lm(name_or_path, f"a policy ({option})" if option else "a policy")
+    if tokenizer.eos_token_id is None:
+        raise FinegrainedError(f"{name_or_path}: cannot use it as a policy: its tokenizer has no EOS token")
     prepare_tokenizer(tokenizer)
     model.to(device or "cpu").eval()
     return model, tokenizer

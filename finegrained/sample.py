@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     from .evaluate import pick_device
     from .generation import fit_prompts, generate, load_policy, prompt_token_budget
 
-    model, tokenizer = load_policy(args.policy, pick_device(args.device))
+    model, tokenizer = load_policy(args.policy, pick_device(args.device), option="--policy")
     budget = prompt_token_budget([model], args.max_new_tokens)
     fit_prompts(tokenizer, records, budget, args.truncate, who="sample", source=str(args.prompts))
     n_per_prompt = 2 if args.pairs else args.n_per_prompt

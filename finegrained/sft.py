@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from .config import compose_from_argv, log, save_config
 from .errors import FinegrainedError
-from .io import atomic_directory, read_string_records
+from .io import atomic_directory, read_string_records, remove_stale_temporaries
+from .model_dirs import save_pretrained_dir
 from .progress import Progress
 
 IGNORE_INDEX = -100
@@ -44,11 +45,12 @@ def load_corpus(cfg: DictConfig) -> tuple[list[dict], list[dict]]:
 def build_model(cfg: DictConfig, texts: list[str]):
     """A causal LM and tokenizer: ``from_pretrained`` on ``model.name_or_path``, or a tiny GPT-2 with a
     tokenizer trained on ``texts``."""
-    from .generation import load_causal_lm
+    from .model_dirs import load_causal_lm
     from .models.tiny import tiny_causal_lm, train_tokenizer
 
     if cfg.model.name_or_path:
-        model, tokenizer = load_causal_lm(cfg.model.name_or_path, "model.name_or_path")
+        model, tokenizer = load_causal_lm(cfg.model.name_or_path, "the model to fine-tune (model.name_or_path)")
+        model.train()
         if tokenizer.eos_token_id is None:
             raise FinegrainedError(f"{cfg.model.name_or_path}: the tokenizer has no EOS token")
         if tokenizer.pad_token_id is None:
@@ -119,8 +121,7 @@ def evaluate_loss(model, batches, accelerator) -> float:
 def save_hf_dir(model, tokenizer, directory: Path, accelerator, overwrite: bool = True) -> None:
     """Model and tokenizer as an HF directory (safetensors), written atomically."""
     with atomic_directory(directory, overwrite=overwrite) as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_pretrained_dir(tmp, accelerator.unwrap_model(model), tokenizer)
 
 
 def train_sft(cfg: DictConfig) -> dict:
@@ -133,6 +134,9 @@ def train_sft(cfg: DictConfig) -> dict:
     if (out / "final").exists() and not cfg.overwrite:
         raise FinegrainedError(f"{out / 'final'} already exists; pass overwrite=true to replace it")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    if accelerator.is_main_process:
+        for path in remove_stale_temporaries(out, r"final|config\.yaml") + remove_stale_temporaries(out / "checkpoints", r"step-\d+"):
+            log(f"[sft] cleared {path}, left by an interrupted write")
     set_seed(cfg.seed)
     train_pairs, eval_pairs = load_corpus(cfg)
     model, tokenizer = build_model(cfg, [p["prompt"] + " " + p["completion"] for p in train_pairs])
@@ -166,6 +170,9 @@ def train_sft(cfg: DictConfig) -> dict:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
                 loss = model(**batch).loss
+            if not torch.isfinite(loss.detach()):
+                raise FinegrainedError(f"sft: the training loss is {float(loss.detach())} at step {step + 1}: the training "
+                                       f"diverged (try a lower train.lr); stopping, {out / 'final'} is not written")
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()

@@ -28,5 +28,6 @@ def test_value_model_from_a_backbone_directory(tmp_path):
     backbone = tmp_path / "backbone"
     trainer, _ = run(tmp_path / "a")
     trainer.accelerator.unwrap_model(trainer.policy).save_pretrained(backbone)
+    trainer.tokenizer.save_pretrained(backbone)  # value.init_from checks that its vocabulary is the policy's
     trainer, stats = run(tmp_path / "b", f"value.init_from={backbone}")
     assert math.isfinite(stats[-1]["explained_variance"])

@@ -101,7 +101,7 @@ def test_a_missing_policy_says_no_such_directory(tmp_path):
     with pytest.raises(FinegrainedError, match=r"--policy=.*outputs/nope/final: no such directory$"):
         sample.main(["--policy", str(tmp_path / "outputs" / "nope" / "final"), *common])
     # a bare name could be a hub id: it is tried, and the message still leads with the missing directory
-    with pytest.raises(FinegrainedError, match=r"--policy=nope: no such directory, and not loadable as a Hugging Face hub id"):
+    with pytest.raises(FinegrainedError, match=r"nope: no such directory, and not loadable as a Hugging Face hub id for a policy \(--policy\)"):
         sample.main(["--policy", "nope", *common])
 
 

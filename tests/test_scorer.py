@@ -76,9 +76,12 @@ def test_batch_equals_items_alone():
 
 
 def test_nan_detection():
+    # a judge returning NaN is an error of the scorer itself (tests/test_reliability.py covers every span mode)
     entry = {"kind": "preference", "granularity": "sequence", "judge": {"_target_": "finegrained.rewards.rule_based.nan_after"}}
-    b = RewardScorer.from_config(config(bad=entry))(["q"], ["text"])
-    assert has_non_finite(b) == "bad"
+    with pytest.raises(FinegrainedError, match="category 'bad': its judge returned a non-finite score"):
+        RewardScorer.from_config(config(bad=entry))(["q"], ["text"])
+    fine = RewardScorer.from_config(config(good=zebra()))(["q"], ["text"])
+    assert has_non_finite(fine) is None
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ pass under ``torch.inference_mode``; there is no per-sample loop over the model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,17 +16,16 @@ from typing import Any
 
 import torch
 
-from ..errors import FinegrainedError
+from ..model_dirs import FORMAT_VERSION, JOINT_KIND, METADATA_FILE, read_reward_metadata
 from ..schema import SegmentationConfig
 from .context import PromptView
 from .preference_model import encode_sequence_inputs, pad_sequences
 from .span_model import InputLayout, encode_span_input, marker_error_probabilities, pad_windows, segment_type_count
 
-METADATA_FILE = "finegrained.json"
+__all__ = ["FORMAT_VERSION", "JOINT_KIND", "METADATA_FILE", "METRICS_FILE", "load_judge", "read_metadata"]
+
 METRICS_FILE = "metrics.json"
-FORMAT_VERSION = 1
-#: ``finegrained.json`` ``kind`` of a reward model holding several categories on one backbone
-JOINT_KIND = "joint"
+ROLE = "a reward model"
 
 Span = tuple[int, int]
 
@@ -37,16 +35,23 @@ def default_device() -> torch.device:
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """``finegrained.json`` of a reward-model directory; a user error when missing or unreadable."""
-    path = Path(model_dir) / METADATA_FILE
-    if not path.is_file():
-        raise FinegrainedError(
-            f"{model_dir}: not a reward-model directory (no {METADATA_FILE}); train one with 'finegrained train-rm'"
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FinegrainedError(f"{path}: unreadable metadata: {e}") from None
+    """``finegrained.json`` of a reward-model directory, checked against its schema (``model_dirs``); a user
+    error naming every problem when missing, unreadable or malformed."""
+    return read_reward_metadata(model_dir, ROLE)
+
+
+def load_reward_tokenizer(model_dir: str | Path, model, metadata: dict[str, Any]):
+    """The directory's tokenizer, checked: fits the embedding, has a pad token and (span or joint models)
+    the marker token of ``finegrained.json``."""
+    from ..model_dirs import embedding_rows, fail, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir, ROLE, embedding_rows(model))
+    if tokenizer.pad_token_id is None:
+        raise fail(model_dir, ROLE, "its tokenizer has no pad token")
+    marker = metadata.get("marker_token")
+    if metadata["kind"] != "preference" and marker not in tokenizer.get_vocab():
+        raise fail(model_dir, ROLE, f"its tokenizer lacks the marker token {marker!r} named in {METADATA_FILE}")
+    return tokenizer
 
 
 @contextmanager
@@ -176,31 +181,34 @@ def load_judge(model_dir: str | Path, device=None, batch_size: int = 32):
     Returns a ``RewardModelJudge``, or a ``joint_model.JointJudge`` for a directory holding several
     categories on one backbone (``kind: joint``).
     """
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers.models.auto import modeling_auto
+
+    from ..model_dirs import fail, load_pretrained, read_config, require_architecture
 
     metadata = read_metadata(model_dir)
     device = torch.device(device) if device is not None else default_device()
-    if metadata.get("kind") == JOINT_KIND:
+    if metadata["kind"] == JOINT_KIND:
         return _load_joint_judge(model_dir, metadata, device, batch_size)
-    auto = AutoModelForTokenClassification if metadata["kind"] == "span" else AutoModelForSequenceClassification
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = auto.from_pretrained(str(model_dir))
-    except OSError as e:
-        raise FinegrainedError(f"{model_dir}: cannot load the reward model: {e}") from None
+    span = metadata["kind"] == "span"
+    auto = AutoModelForTokenClassification if span else AutoModelForSequenceClassification
+    mapping = (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES if span
+               else modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)  # fmt: skip
+    config = read_config(Path(model_dir), ROLE)
+    kind = "span reward model (token classifier)" if span else "preference reward model (sequence classifier)"
+    require_architecture(config, Path(model_dir), ROLE, mapping, kind)
+    if config.num_labels != (2 if span else 1):
+        raise fail(model_dir, ROLE, f"a {metadata['kind']} reward model needs {2 if span else 1} output(s), its config has {config.num_labels}")
+    model = load_pretrained(model_dir, auto.from_pretrained, ROLE)
+    tokenizer = load_reward_tokenizer(model_dir, model, metadata)
     model.to(device).eval()
     return RewardModelJudge(model, tokenizer, metadata, device=device, batch_size=batch_size)
 
 
 def _load_joint_judge(model_dir: str | Path, metadata: dict[str, Any], device: torch.device, batch_size: int):
-    from transformers import AutoTokenizer
-
     from .joint_model import JointJudge, load_joint_model
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = load_joint_model(model_dir, metadata)
-    except OSError as e:
-        raise FinegrainedError(f"{model_dir}: cannot load the reward model: {e}") from None
+    model = load_joint_model(model_dir, metadata)
+    tokenizer = load_reward_tokenizer(model_dir, model.backbone, metadata)
     model.to(device).eval()
     return JointJudge(model, tokenizer, metadata, device=device, batch_size=batch_size)

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from ..errors import FinegrainedError
 from ..schema import SegmentationConfig
 from .context import PromptView
 from .inference import JOINT_KIND, JudgeCall, judging
@@ -124,21 +123,30 @@ def auto_backbone(factory, *args, **kwargs) -> torch.nn.Module:
 
 
 def load_joint_model(directory: str | Path, metadata: Mapping[str, Any]) -> JointRewardModel:
-    """Rebuild a ``JointRewardModel`` saved by its ``save_pretrained`` (heads must match the metadata)."""
-    from safetensors.torch import load_file
+    """Rebuild a ``JointRewardModel`` saved by its ``save_pretrained``, checked by ``model_dirs``: the backbone
+    loads with no missing or mismatched key, and the heads are exactly those of the metadata's categories,
+    with the backbone's hidden size, all finite."""
     from transformers import AutoModel
 
+    from ..model_dirs import fail, first_non_finite, load_pretrained, read_safetensors
+
+    role = "a joint reward model"
     directory = Path(directory)
-    heads_path = directory / HEADS_FILE
-    if not heads_path.is_file():
-        raise FinegrainedError(f"{directory}: joint reward model without {HEADS_FILE}")
-    backbone = auto_backbone(AutoModel.from_pretrained, str(directory))
+    backbone = load_pretrained(directory, lambda path, **kw: auto_backbone(AutoModel.from_pretrained, path, **kw), role)
+    heads = read_safetensors(directory / HEADS_FILE, role)
     kinds = {name: entry["kind"] for name, entry in metadata["categories"].items()}
     model = JointRewardModel(backbone, kinds, float(metadata.get("dropout", 0.1)))
-    try:
-        model.heads.load_state_dict(load_file(str(heads_path)))
-    except RuntimeError as e:
-        raise FinegrainedError(f"{heads_path}: heads do not match finegrained.json: {e}") from None
+    expected = {k: tuple(v.shape) for k, v in model.heads.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in heads.items()}
+    if found != expected:
+        differ = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise fail(directory, role, f"{HEADS_FILE} does not match the categories of finegrained.json and the "
+                                    f"backbone's hidden size (tensor {differ[0]!r}: {found.get(differ[0])} in the "
+                                    f"file, {expected.get(differ[0])} expected)")
+    bad = first_non_finite(heads.items())
+    if bad is not None:
+        raise fail(directory, role, f"{HEADS_FILE} tensor {bad!r} has NaN or infinite values")
+    model.heads.load_state_dict(heads)
     return model
 
 

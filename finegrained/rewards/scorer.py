@@ -64,6 +64,11 @@ _MISSING = "???"  # OmegaConf's marker for a mandatory value left unset
 _ENTRY_KEYS = {"model", "judge", "kind", "granularity", "weight", "mode", "normalisation"}
 
 
+class NonFiniteJudgementError(FinegrainedError):
+    """A judge returned NaN or an infinite value (in every span mode: ``p > 0.5`` is False for NaN, so a
+    ``hard`` or ``penalty`` reward would silently call the segment clean)."""
+
+
 @dataclass
 class CategoryScorer:
     """One active category: its judge and how its judgements become rewards."""
@@ -307,6 +312,7 @@ class RewardScorer:
                 rows = joint[c.name] if c.name in joint else c.judge(prompts, completions, segs)
                 p_error = [[float(p) for p in row] for row in rows]
                 _check_judgement_shape(c.name, [len(p) for p in p_error], [len(s) for s in segs])
+                _check_judgements_finite(c.name, "error probability", p_error)
                 rewards = [c.span_rewards(p) for p in p_error]
                 result.categories[c.name] = CategoryRewards(c.name, c.granularity, "span", segs, rewards, p_error=p_error)
             else:
@@ -315,6 +321,7 @@ class RewardScorer:
                     raise FinegrainedError(
                         f"reward category {c.name!r}: its judge returned {len(scores)} scores for {len(completions)} completions"
                     )
+                _check_judgements_finite(c.name, "score", [[s] for s in scores])
                 # One reward per completion; a blank completion still gets one, on the span (0, 0).
                 segs = [sequence_span(t) or [(0, 0)] for t in completions]
                 rewards = [[c.preference_reward(s)] for s in scores]
@@ -363,6 +370,15 @@ def _check_judgement_shape(name: str, got: list[int], expected: list[int]) -> No
     for i, (g, e) in enumerate(zip(got, expected)):
         if g != e:
             raise FinegrainedError(f"reward category {name!r}: its judge returned {g} judgements for the {e} segments of sample {i}")
+
+
+def _check_judgements_finite(name: str, what: str, rows: list[list[float]]) -> None:
+    """Every judgement (per completion, per segment) must be a finite number."""
+    for i, row in enumerate(rows):
+        for j, value in enumerate(row):
+            if not math.isfinite(value):
+                where = f"sample {i}" if len(row) == 1 and what == "score" else f"segment {j} of sample {i}"
+                raise NonFiniteJudgementError(f"category {name!r}: its judge returned a non-finite {what} ({value}) for {where}")
 
 
 def has_non_finite(breakdown: RewardBreakdown) -> str | None:

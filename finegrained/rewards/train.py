@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import math
 import random
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ import torch
 from ..config import compose_from_argv, log, to_container
 from ..config_checks import warn_if_one_class
 from ..errors import FinegrainedError
-from ..io import atomic_directory, atomic_write_json
+from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..schema import Category, SegmentationConfig
 from .context import PromptView
 from .evaluate import SCHEMA_COPY, evaluate_preference_judge, evaluate_span_judge, format_metrics_table
@@ -157,17 +158,19 @@ def build_pretrained_backbone(kind: str, name_or_path: str):
     Decoders without a pad token pad with EOS; span and joint models get the marker token and resized
     embeddings.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
+    from ..model_dirs import load_tokenizer, require_directory
     from .joint_model import auto_backbone
 
-    path = resolve_backbone_path(name_or_path)
+    role = f"the backbone (model.name_or_path={name_or_path})"
+    path = str(require_directory(resolve_backbone_path(name_or_path), role))  # local only: never a hub download
+    tokenizer = load_tokenizer(path, role)  # its vocabulary files present, not empty
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         if kind == "joint":
-            model = auto_backbone(AutoModel.from_pretrained, path)
+            model = auto_backbone(AutoModel.from_pretrained, path, local_files_only=True)
         else:
-            model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, **_head_kwargs(kind))
+            model = _auto_class(kind).from_pretrained(path, ignore_mismatched_sizes=True, local_files_only=True, **_head_kwargs(kind))
     except (OSError, ValueError) as e:
         raise FinegrainedError(f"model.name_or_path={name_or_path}: cannot load a backbone: {e}") from None
     if tokenizer.pad_token is None:
@@ -246,8 +249,16 @@ def build_metadata(
 
 def save_reward_model(directory: Path, model, tokenizer, metadata: dict, metrics: dict | None,
                       schema_source: str | None = None) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+    """Weights (refused when non-finite), tokenizer, finegrained.json (refused when it would not pass the
+    checks of ``load_judge``, e.g. a non-finite normalisation), metrics.json and the schema copy."""
+    from ..errors import InputError
+    from ..io import destination_of
+    from ..model_dirs import metadata_problems, save_pretrained_dir
+
+    problems = metadata_problems(metadata, str(destination_of(directory) / METADATA_FILE))
+    if problems:
+        raise InputError(problems)
+    save_pretrained_dir(directory, model, tokenizer)
     atomic_write_json(directory / METADATA_FILE, metadata)
     if metrics is not None:
         atomic_write_json(directory / METRICS_FILE, metrics)
@@ -375,6 +386,8 @@ def main_process_output(accelerator, output_dir: Path) -> Iterator[tuple[Path | 
     if not accelerator.is_main_process:
         yield None, NullWriter()
         return
+    for path in remove_stale_temporaries(output_dir.parent, re.escape(output_dir.name)):
+        log(f"cleared {path}, left by an interrupted write of {output_dir}")
     with atomic_directory(output_dir, overwrite=True) as tmp:
         writer = SummaryWriter(log_dir=str(tmp / "tb"))
         try:
@@ -383,8 +396,14 @@ def main_process_output(accelerator, output_dir: Path) -> Iterator[tuple[Path | 
             writer.close()
 
 
-def optimizer_step(accelerator, model, optimizer, scheduler, loss: torch.Tensor, max_grad_norm) -> None:
-    """Backward, optional gradient clipping, optimizer and scheduler step, zeroed gradients."""
+def optimizer_step(accelerator, model, optimizer, scheduler, loss: torch.Tensor, max_grad_norm,
+                   step: int | None = None) -> None:
+    """Backward, optional gradient clipping, optimizer and scheduler step, zeroed gradients. A non-finite
+    ``loss`` stops the run naming ``step`` (1-based) before it can spoil the weights; nothing is written."""
+    if not torch.isfinite(loss.detach()).all():
+        at = f" at step {step}" if step is not None else ""
+        raise FinegrainedError(f"train-rm: the training loss is {float(loss.detach())}{at}: the training "
+                               "diverged (try a lower train.lr); stopping, output_dir is not written")
     accelerator.backward(loss)
     if max_grad_norm:
         accelerator.clip_grad_norm_(model.parameters(), float(max_grad_norm))
@@ -600,7 +619,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
                     scores = logits[:, 0]  # (2B,): chosen rows, then rejected rows
                     half = scores.shape[0] // 2
                     loss = bradley_terry_loss(scores[:half], scores[half:])
-                optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"))
+                optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"), step + 1)
                 step += 1
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)

@@ -471,7 +471,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
                 outputs, {k: v.to(device) for k, v in batch["labels"].items()},
                 {k: (a.to(device), b.to(device)) for k, (a, b) in batch["pair_rows"].items()}, weights,
             )  # fmt: skip
-            optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"))
+            optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"), step)
             writer.add_scalar("train/loss", loss.item(), step)
             for name, value in parts.items():
                 writer.add_scalar(f"train/loss_{name}", value, step)

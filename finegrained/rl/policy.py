@@ -66,7 +66,7 @@ def hidden_size_of(model) -> int:
 def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_initial: bool = True):
     """(policy, tokenizer): from ``policy.name_or_path``, or a tiny GPT-2 (saved to initial_policy/ when
     ``save_initial``; every process builds the same one from the seed, only the main one writes it)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..model_dirs import load_causal_lm, save_pretrained_dir
 
     source = cfg.policy.name_or_path
     initial = output_dir / "initial_policy"
@@ -74,11 +74,8 @@ def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_ini
     if reloaded_initial:
         source = str(initial)
     if source:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            policy = AutoModelForCausalLM.from_pretrained(source)
-        except (OSError, ValueError) as e:
-            raise FinegrainedError(f"policy.name_or_path={source}: cannot load a causal LM: {e}") from None
+        role = "the policy (policy.name_or_path)" if cfg.policy.name_or_path else "the policy of this run (initial_policy/)"
+        policy, tokenizer = load_causal_lm(source, role)
         if reloaded_initial and (initial / RNG_STATE_FILE).is_file():
             # continue from the random state the run that built this policy had: the same draws follow
             set_rng_state(torch.load(initial / RNG_STATE_FILE, weights_only=True))
@@ -93,8 +90,7 @@ def build_policy(cfg: DictConfig, output_dir: Path, prompts: list[str], save_ini
         )  # fmt: skip
         if save_initial:
             with atomic_directory(initial, overwrite=True) as tmp:
-                policy.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
+                save_pretrained_dir(tmp, policy, tokenizer)
                 torch.save(rng_state(), tmp / RNG_STATE_FILE)
     # PPO compares log-probs of the same tokens before and after an update: dropout would add noise to
     # that ratio, so it is switched off (as in most RLHF codebases).
@@ -115,18 +111,20 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def build_value_model(cfg: DictConfig, policy) -> nn.Module:
+def build_value_model(cfg: DictConfig, policy, tokenizer=None) -> nn.Module:
     """A separate value model: the policy's trunk (copied) or a backbone directory, plus a value head;
-    with ``value.shared`` just the head, applied to the policy's last hidden states."""
+    with ``value.shared`` just the head, applied to the policy's last hidden states.
+
+    A backbone directory must be causal (a bidirectional encoder would let a value see later tokens) and
+    share the policy's vocabulary (``tokenizer``, the policy's), checked by ``model_dirs.load_value_trunk``."""
     if cfg.value.shared:
         return ValueHead(hidden_size_of(policy))
     if cfg.value.init_from in (None, "policy"):
         trunk = copy.deepcopy(policy.base_model)
         return ValueModel(trunk, hidden_size_of(policy))
-    from transformers import AutoModel
+    from ..model_dirs import load_value_trunk
 
-    try:
-        trunk = AutoModel.from_pretrained(cfg.value.init_from)
-    except (OSError, ValueError) as e:
-        raise FinegrainedError(f"value.init_from={cfg.value.init_from}: cannot load a backbone: {e}") from None
+    if tokenizer is None:
+        raise TypeError("build_value_model: value.init_from=<dir> needs the policy's tokenizer")
+    trunk = load_value_trunk(cfg.value.init_from, tokenizer, f"the value model (value.init_from={cfg.value.init_from})")
     return ValueModel(trunk, hidden_size_of(trunk))

@@ -36,12 +36,13 @@ from omegaconf import DictConfig
 from ..config import compose_from_argv, log, save_config
 from ..errors import FinegrainedError
 from ..generation import check_local_source, fit_prompts, prompt_token_budget
+from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
+from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
 from ..progress import Progress
-from ..io import atomic_directory, atomic_write_json
 from ..rewards.placement import decode_with_offsets, place_rewards
-from ..rewards.scorer import RewardScorer, has_non_finite
+from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
 from . import functional as F
-from .checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
 from .lora import adapters_disabled, add_adapters, count_parameters, merge_adapters_
 from .policy import build_policy, build_value_model, frozen_copy
 from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
@@ -89,6 +90,8 @@ class PPOTrainer:
         cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
         self.is_main = self.accelerator.is_main_process
+        if self.is_main:
+            self._remove_interrupted_writes()
         self._check_output_dir()
         set_seed(cfg.seed)
         records = load_task_records(cfg)
@@ -98,7 +101,7 @@ class PPOTrainer:
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
         # The value model first: a separate value trunk is a full, trainable copy of the initial policy.
-        value = build_value_model(cfg, policy)
+        value = build_value_model(cfg, policy, self.tokenizer)
         self.prompt_budget = self._fit_prompts(records, policy, value)
         if cfg.lora.r:
             # LoRA: the policy's weights stay frozen; the reference is the policy with its adapters off.
@@ -160,6 +163,12 @@ class PPOTrainer:
         fit_prompts(self.tokenizer, records, budget, rule, who="ppo", source=source, quiet=not self.is_main)
         return budget
 
+    def _remove_interrupted_writes(self) -> None:
+        """Temporaries a killed run left (checkpoints, final/, initial_policy/, config.yaml): ours only."""
+        cleared = remove_interrupted_writes(self.out) + remove_stale_temporaries(self.out, r"final|initial_policy|config\.yaml")
+        for path in cleared:
+            log(f"[ppo] cleared {path}, left by an interrupted write")
+
     def _oracle(self):
         oracle_cfg = self.cfg.task.get("oracle")
         if not oracle_cfg:
@@ -169,18 +178,18 @@ class PPOTrainer:
         return instantiate(oracle_cfg)
 
     def _resume(self) -> None:
-        found = checkpoint_dirs(self.out)
-        if not found:
+        loaded = load_latest_checkpoint(
+            self.out, self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.value),
+            self.optimizer, self.scheduler, log,
+        )  # fmt: skip
+        if loaded is None:
             log(f"[ppo] resume=true but {self.out} has no complete checkpoint: starting from iteration 0")
             return
-        iteration, directory = found[-1]
-        state = load_checkpoint(
-            directory, self.accelerator.unwrap_model(self.policy), self.accelerator.unwrap_model(self.value), self.optimizer, self.scheduler
-        )
+        state, directory = loaded
         self.iteration = state["iteration"]
         self.data_position = state["data_position"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
-        log(f"[ppo] resumed from {directory} (iteration {iteration})")
+        log(f"[ppo] resumed from {directory} (iteration {self.iteration})")
 
     # -- data ------------------------------------------------------------------------------------------
     def next_prompts(self) -> list[str]:
@@ -213,12 +222,38 @@ class PPOTrainer:
         with adapters_disabled(self.accelerator.unwrap_model(self.policy)):
             return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
 
+    def _checkpoint_note(self, weights_failed: bool = False) -> str:
+        """What a stopped run leaves to resume from, truthfully. ``weights_failed``: the current weights (those
+        of iteration ``self.iteration``) are themselves broken, so a checkpoint of that iteration is no good."""
+        found = checkpoint_dirs(self.out)
+        if weights_failed and found and found[-1][0] == self.iteration:
+            older = f"; an older one: {found[-2][1]}" if len(found) > 1 else ""
+            return (f"the newest checkpoint, {found[-1][1]}, holds these weights, so resuming from it fails the same "
+                    f"way{older}; or start over with a lower ppo.lr")
+        if not found:
+            return "no checkpoint was written yet, so there is nothing to resume from"
+        return f"the last good checkpoint, {found[-1][1]}, is kept: resume=true continues from it"
+
+    def _stop(self, phase: str, problem: str, weights_failed: bool = False) -> NonFiniteError:
+        note = self._checkpoint_note(weights_failed)
+        return NonFiniteError(f"iteration {self.iteration + 1}, phase {phase}: {problem}; stopping ({note})")
+
     def _check_finite(self, what: str, phase: str, tensor: torch.Tensor) -> None:
         if not torch.isfinite(tensor).all():
-            raise NonFiniteError(
-                f"iteration {self.iteration + 1}, phase {phase}: {what} is NaN or infinite; stopping "
-                f"(the last good checkpoint in {self.out / 'checkpoints'} is kept)"
-            )
+            raise self._stop(phase, f"{what} is NaN or infinite")
+
+    def _check_weights_after_update(self, ids=None, mask=None, position_ids=None) -> None:
+        """Diverged weights stop the run here, before a checkpoint could hold them: non-finite weights, or
+        (finite but huge) weights whose logits on one sequence of the batch ``ids`` (1, L) are not finite."""
+        for what, model in (("the policy", self.policy), ("the value model", self.value)):
+            bad = first_non_finite(module_tensors(self.accelerator.unwrap_model(model)))
+            if bad is not None:
+                raise self._stop("update", f"after the update {what} has NaN or infinite weights (first: {bad!r})")
+        if ids is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                logits = self.policy(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids).logits
+            if not torch.isfinite(logits).all():
+                raise self._stop("update", "after the update the policy gives NaN or infinite logits (its weights diverged)")
 
     def rollout(self, prompts: list[str], timer: PhaseTimer) -> tuple[Trajectory, dict, list[str], object]:
         cfg, device = self.cfg, self.accelerator.device
@@ -226,25 +261,32 @@ class PPOTrainer:
         with timer("generate"):
             policy = self.accelerator.unwrap_model(self.policy)
             policy.eval()
-            with self.accelerator.autocast():
-                query_ids, query_mask, response_ids, response_mask = sample_responses(
-                    policy, self.tokenizer, prompts, max_new_tokens=cfg.generation.max_new_tokens,
-                    temperature=cfg.generation.temperature, top_k=cfg.generation.top_k, top_p=cfg.generation.top_p,
-                    min_new_tokens=cfg.generation.min_new_tokens, max_prompt_tokens=self.prompt_budget,
-                )  # fmt: skip
+            try:
+                with self.accelerator.autocast():
+                    query_ids, query_mask, response_ids, response_mask = sample_responses(
+                        policy, self.tokenizer, prompts, max_new_tokens=cfg.generation.max_new_tokens,
+                        temperature=cfg.generation.temperature, top_k=cfg.generation.top_k, top_p=cfg.generation.top_p,
+                        min_new_tokens=cfg.generation.min_new_tokens, max_prompt_tokens=self.prompt_budget,
+                    )  # fmt: skip
+            except RuntimeError as e:
+                # torch.multinomial on the probabilities of diverged weights (finite, but inf/NaN logits)
+                if "probability tensor" not in str(e):
+                    raise
+                problem = "sampling failed: the policy gives NaN or infinite probabilities (its weights diverged)"
+                raise self._stop("generate", problem, weights_failed=True) from None
             policy.train()
         # 2. score: decode with offsets, every category judges the text
         decoded = decode_with_offsets(self.tokenizer, [ids[m].tolist() for ids, m in zip(response_ids, response_mask)])
         texts = [d.text for d in decoded]
-        breakdown = self.scorer(prompts, texts)
+        try:
+            breakdown = self.scorer(prompts, texts)
+        except NonFiniteJudgementError as e:
+            raise self._stop("score", str(e)) from None
         timer.seconds["segment"] += self.scorer.last_timings["segment"]
         timer.seconds["score"] += self.scorer.last_timings["score"]
         bad = has_non_finite(breakdown)
         if bad:
-            raise NonFiniteError(
-                f"iteration {self.iteration + 1}, phase score: category {bad!r} gave a NaN or infinite reward; stopping "
-                f"(the last good checkpoint in {self.out / 'checkpoints'} is kept)"
-            )
+            raise self._stop("score", f"category {bad!r} gave a NaN or infinite reward")
         # 3. place each segment's reward on its last token -> (B, T, K) -> (B, T)
         with timer("place"):
             category_rewards = place_rewards(breakdown, decoded, response_mask.cpu()).to(device)  # (B, T, K)
@@ -321,6 +363,7 @@ class PPOTrainer:
                 for group in F.accumulation_groups(len(chunks), p.grad_accum):
                     for step in group:
                         loss, minibatch_stats = self._minibatch_loss(traj, inputs, chunks[step], advantages, returns)
+                        self._check_finite("the PPO loss", "update", loss.detach())
                         self.accelerator.backward(loss / len(group))
                         for key, value in minibatch_stats.items():
                             sums[key] += value
@@ -330,6 +373,7 @@ class PPOTrainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+        self._check_weights_after_update(ids[:1], mask[:1], position_ids[:1])
         stats = {k: v / max(n_minibatches, 1) for k, v in sums.items()}
         stats["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)  # mean over optimizer steps
         # tensorboard groups the two losses under one "loss/" section
@@ -435,8 +479,7 @@ class PPOTrainer:
             if self.cfg.lora.r:
                 merge_adapters_(policy)  # final/ is a plain HF model: adapters folded into the weights
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
-                policy.save_pretrained(tmp, safe_serialization=True)
-                self.tokenizer.save_pretrained(tmp)
+                save_pretrained_dir(tmp, policy, self.tokenizer)
         self.accelerator.wait_for_everyone()
 
     def train(self) -> dict:
