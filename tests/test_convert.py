@@ -137,7 +137,13 @@ def test_cli_writes_valid_files_and_reports(feedback_file, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "7 preference records" in captured.out and "4 ties dropped" in captured.out
     assert "warning: clipped 2 error span(s)" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["preferences.jsonl", "spans.jsonl"]  # no temp dir left
+    assert sorted(p.name for p in out.iterdir()) == ["preferences.jsonl", "prompts.jsonl", "spans.jsonl"]  # no temp dir left
+    spans = [json.loads(line) for line in (out / "spans.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    # one prompt per question, the span record's id and prompt, the gold answer as the reference
+    assert [(p["id"], p["prompt"]) for p in prompts] == [(r["id"], r["prompt"]) for r in spans]
+    assert all(isinstance(p["reference"], str) and p["reference"] for p in prompts)
+    assert "prompts.jsonl: " in captured.out
     assert validate_file(out / "spans.jsonl", "qa_feedback") == []
     assert validate_file(out / "preferences.jsonl", "qa_feedback") == []
     assert validate_command.main(["--schema", "qa_feedback", str(out / "spans.jsonl"), str(out / "preferences.jsonl")]) == 0
