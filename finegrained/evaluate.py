@@ -6,7 +6,7 @@ reward config is given), the KL to the reference policy, the mean response lengt
 the reference answers. Writes ``output_dir/eval.json`` and prints a table (oracle columns only when the
 task has an oracle, reward-model columns when a reward config is given). Prompts come from
 ``finegrained.tasks.files.load_prompts`` (``task=jsonl task.eval=F``, ``task=hf_dataset ...``, or the
-built-in task); prompts longer than a policy allows are cut from the left or refused (``task.truncate``).
+built-in task); prompts longer than a policy allows are cut from the left or the right, or refused (``task.truncate``).
 
 KL: for each response, the sum over its tokens of the exact KL(policy || reference) between the two
 next-token distributions along the generated path; ``kl`` is the mean over responses.
@@ -78,7 +78,7 @@ def evaluate_policies(cfg: DictConfig) -> dict:
         generations = generate(
             model, tokenizer, prompts,
             max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, temperature=gen.temperature,
-            top_k=gen.top_k, top_p=gen.top_p, batch_size=gen.batch_size, seed=cfg.seed, progress=True,
+            top_k=gen.top_k, top_p=gen.top_p, batch_size=gen.batch_size, seed=cfg.seed, progress=True, truncate=rule,
         )  # fmt: skip
         completions = [g.completion for g in generations]
         kls = response_kl(model, ref_model, tokenizer, generations, batch_size=gen.batch_size)

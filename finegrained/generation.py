@@ -8,8 +8,11 @@ Used by ``finegrained evaluate``, ``finegrained demo``, ``finegrained sample`` a
 Long prompts. A causal LM has a position limit (GPT-2's ``n_positions``); prompt and response together
 must fit in it, so a prompt may keep at most ``limit - max_new_tokens`` tokens (``prompt_token_budget``).
 The rule (``task.truncate`` / ``sample --truncate``): ``left`` drops a longer prompt's *first* tokens and
-keeps its end, the text generation continues from; ``error`` refuses, naming every record too long.
-``fit_prompts`` counts and reports either way; ``encode_prompts(..., max_tokens=budget)`` applies the cut.
+keeps its end, the text generation continues from; ``right`` keeps its *first* tokens and drops its end
+(for prompts that open with what matters, such as QA-Feedback's ``question: ... context: ...``, whose
+question a left cut would lose; the paper's T5 encoder cut its input the same way); ``error`` refuses,
+naming every record too long. ``fit_prompts`` counts and reports either way;
+``encode_prompts(..., max_tokens=budget, truncate=rule)`` applies the cut (``cut_prompt_ids``).
 The prompt *text* is never changed: records written out and the reward models see the whole prompt.
 Only our own settings shape decoding (``generation_settings`` + ``generate_ids``): a pretrained model's
 ``generation_config.json`` may set ``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``,
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-TRUNCATE_RULES = ("left", "error")
+TRUNCATE_RULES = ("left", "right", "error")
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Generation:
     completion: str
     response_ids: list[int]  # generated ids up to and including the first EOS (if any)
     ended: bool  # True when the model produced EOS before max_new_tokens
-    prompt_budget: int | None = None  # the prompt kept at most this many (last) tokens; None: no limit
+    prompt_budget: int | None = None  # the prompt kept at most this many tokens; None: no limit
+    prompt_truncate: str = "left"  # which of them: left = its last tokens, right = its first (TRUNCATE_RULES)
 
 
 def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
@@ -101,11 +105,12 @@ def prompt_token_budget(models: Sequence, max_new_tokens: int) -> int | None:
 
 @dataclass
 class PromptFit:
-    """What fitting prompts to a budget did: ``n_truncated`` of ``n`` prompts cut, ``dropped`` tokens each."""
+    """What fitting prompts to a budget did: ``n_truncated`` of ``n`` prompts cut by ``rule``, ``dropped`` tokens each."""
 
     n: int
     budget: int | None
     dropped: list[int]
+    rule: str = "left"
 
     @property
     def n_truncated(self) -> int:
@@ -114,49 +119,69 @@ class PromptFit:
     def message(self, who: str) -> str:
         if not self.dropped:
             return f"[{who}] every prompt fits in {self.budget} tokens"
-        return (f"[{who}] cut {self.n_truncated} of {self.n} prompts from the left to their last {self.budget} tokens "
+        kept = "first" if self.rule == "right" else "last"
+        return (f"[{who}] cut {self.n_truncated} of {self.n} prompts from the {self.rule} to their {kept} {self.budget} tokens "
                 f"(dropped {min(self.dropped)}-{max(self.dropped)} tokens, mean {sum(self.dropped) / len(self.dropped):.0f})")  # fmt: skip
 
 
 def fit_prompts(tokenizer, records: Sequence[dict], budget: int | None, rule: str, *, who: str, source: str = "prompts",
                 quiet: bool = False) -> PromptFit:  # fmt: skip
-    """Check every record's prompt against ``budget`` tokens under ``rule`` (``left`` | ``error``; see the
-    module docstring). ``left``: counts and logs the cuts; ``error``: raises ``InputError`` naming each
-    record that is too long (``SOURCE: id: ...``)."""
+    """Check every record's prompt against ``budget`` tokens under ``rule`` (``left`` | ``right`` | ``error``;
+    see the module docstring). ``left`` / ``right``: counts and logs the cuts; ``error``: raises
+    ``InputError`` naming each record that is too long (``SOURCE: id: ...``)."""
     from .config import log
     from .errors import FinegrainedError, InputError, Problem
 
     if rule not in TRUNCATE_RULES:
         raise FinegrainedError(f"truncate={rule!r}: expected one of {', '.join(TRUNCATE_RULES)}")
     if budget is None or not records:
-        return PromptFit(len(records), budget, [])
+        return PromptFit(len(records), budget, [], rule)
     lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records], add_special_tokens=False).input_ids]
     too_long = [(r, n) for r, n in zip(records, lengths) if n > budget]
     if too_long and rule == "error":
         problems = [Problem(source, None, f"record {r['id']!r} has {n} tokens; the policy allows {budget} with "
-                            f"its max_new_tokens (truncate=left would keep the last {budget})", "prompt")
+                            f"its max_new_tokens (truncate=left would keep the last {budget}, truncate=right the first {budget})",
+                            "prompt")
                     for r, n in too_long]  # fmt: skip
         raise InputError(problems[:50])
-    fit = PromptFit(len(records), budget, [n - budget for _, n in too_long])
+    fit = PromptFit(len(records), budget, [n - budget for _, n in too_long], rule)
     if too_long and not quiet:
         log(fit.message(who))
     return fit
 
 
-def encode_prompts(tokenizer, prompts: list[str], device, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids (B, P) and mask (B, P), True = real token. A prompt longer than
-    ``max_tokens`` keeps its last ``max_tokens`` tokens (the ``left`` rule; see ``fit_prompts``)."""
-    rows = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    if max_tokens is not None:
-        rows = [r[-max_tokens:] if len(r) > max_tokens else r for r in rows]
+def cut_prompt_ids(ids: list[int], max_tokens: int | None, rule: str = "left") -> list[int]:
+    """``ids`` cut to at most ``max_tokens`` (None: no limit) by ``rule``: ``left`` keeps the last tokens,
+    ``right`` the first. ``error`` cuts nothing and raises ``ValueError`` on a longer prompt (``fit_prompts``
+    refuses those before any generation, so reaching it is a bug)."""
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    if rule == "left":
+        return ids[len(ids) - max_tokens :]
+    if rule == "right":
+        return ids[:max_tokens]
+    raise ValueError(f"a prompt of {len(ids)} tokens exceeds max_tokens={max_tokens} under truncate={rule!r}")
+
+
+def left_pad(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows -> left-padded ids (B, P) and mask (B, P), True = real token."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         if r:
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = True
     return ids.to(device), mask.to(device)
+
+
+def encode_prompts(tokenizer, prompts: list[str], device, max_tokens: int | None = None,
+                   truncate: str = "left") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Left-padded prompt ids (B, P) and mask (B, P), True = real token. A prompt longer than
+    ``max_tokens`` is cut by ``truncate`` (``cut_prompt_ids``: ``left`` keeps its last tokens, ``right`` its
+    first; see ``fit_prompts``)."""
+    rows = [cut_prompt_ids(tokenizer(p, add_special_tokens=False).input_ids, max_tokens, truncate) for p in prompts]
+    return left_pad(rows, tokenizer.pad_token_id, device)
 
 
 def cut_at_eos(ids: list[int], eos_token_id: int | None) -> tuple[list[int], bool]:
@@ -217,10 +242,11 @@ def generate(
     batch_size: int = 32,
     seed: int | None = None,
     progress: bool = False,
+    truncate: str = "left",
 ) -> list[Generation]:
     """Generate one completion per prompt, batched; deterministic for a fixed ``seed``. Prompts longer
-    than the model allows with ``max_new_tokens`` keep their last tokens (call ``fit_prompts`` first to
-    count them or refuse them)."""
+    than the model allows with ``max_new_tokens`` are cut by ``truncate`` (``left``: keep their last tokens,
+    ``right``: their first; call ``fit_prompts`` first to count them or refuse them)."""
     from .progress import Progress
     from .rewards.placement import decode_with_offsets
 
@@ -236,12 +262,12 @@ def generate(
     bar = Progress(len(starts), "generate", unit="batches", enabled=progress)
     for start in starts:
         batch = prompts[start : start + batch_size]
-        ids, mask = encode_prompts(tokenizer, batch, device, max_tokens=budget)
+        ids, mask = encode_prompts(tokenizer, batch, device, max_tokens=budget, truncate=truncate)
         out = generate_ids(model, ids, mask, settings)
         responses = [cut_at_eos(row, tokenizer.eos_token_id) for row in out[:, ids.shape[1] :].tolist()]
         decoded = decode_with_offsets(tokenizer, [r for r, _ in responses])
         results += [
-            Generation(prompt=p, completion=d.text, response_ids=r, ended=ended, prompt_budget=budget)
+            Generation(prompt=p, completion=d.text, response_ids=r, ended=ended, prompt_budget=budget, prompt_truncate=truncate)
             for p, d, (r, ended) in zip(batch, decoded, responses)
         ]
         bar.update(1)
@@ -261,9 +287,9 @@ def response_kl(policy, reference, tokenizer, generations: list[Generation], bat
         batch = generations[start : start + batch_size]
         width = max(1, max(len(g.response_ids) for g in batch))
         # each prompt cut exactly as generate cut it, so the KL is measured on what was generated from
-        budgets = {g.prompt_budget for g in batch}
-        budget = min(budgets - {None}) if budgets - {None} else None
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, [g.prompt for g in batch], device, max_tokens=budget)
+        rows = [cut_prompt_ids(tokenizer(g.prompt, add_special_tokens=False).input_ids, g.prompt_budget, g.prompt_truncate)
+                for g in batch]  # fmt: skip
+        prompt_ids, prompt_mask = left_pad(rows, tokenizer.pad_token_id, device)
         resp = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
         resp_mask = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
         for i, g in enumerate(batch):

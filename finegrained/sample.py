@@ -3,12 +3,13 @@
     finegrained sample --policy DIR --prompts prompts.jsonl --output completions.jsonl
                        [--n-per-prompt K] [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
                        [--greedy] [--seed S] [--batch-size B] [--device D] [--pairs]
-                       [--prompt-column C] [--id-column C] [--truncate left|error]
+                       [--prompt-column C] [--id-column C] [--truncate left|right|error]
 
 ``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``); a ``datasets`` directory
 (``save_to_disk``) or .csv/.parquet file works too, with ``--prompt-column`` / ``--id-column``. Prompts longer
-than the policy allows with ``--max-new-tokens`` keep their last tokens (``--truncate left``, counted) or are
-refused (``--truncate error``); the records written keep the whole prompt. Each output record is
+than the policy allows with ``--max-new-tokens`` keep their last tokens (``--truncate left``, counted), their
+first tokens (``--truncate right``, counted) or are refused (``--truncate error``); the records written keep
+the whole prompt. Each output record is
 ``{"id", "prompt", "completion", "meta"}`` with ids ``<prompt id>-<k>`` (``k`` = 0..K-1) and
 ``meta = {"policy", "sample", "ended"}`` (``ended``: the model produced EOS before ``--max-new-tokens``).
 With ``--pairs`` (two samples per prompt) each prompt gives one *pair item* instead,
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id-column", default=None, help="datasets input: the id column (default: row numbers)")
     parser.add_argument("--truncate", choices=TRUNCATE_RULES, default="left",
                         help="a prompt longer than the policy allows with --max-new-tokens: left = keep its last "
-                             "tokens (default), error = refuse, naming the records")  # fmt: skip
+                             "tokens (default), right = keep its first tokens, error = refuse, naming the records")  # fmt: skip
     parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion, meta)")
     parser.add_argument("--n-per-prompt", type=int, default=1, help="completions per prompt (default: 1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
     generations = generate(
         model, tokenizer, [r["prompt"] for r, _ in expanded], max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        batch_size=args.batch_size, seed=args.seed, progress=True,
+        batch_size=args.batch_size, seed=args.seed, progress=True, truncate=args.truncate,
     )  # fmt: skip
     if args.pairs:
         out = [

@@ -195,8 +195,8 @@ TASK = {  # conf/task/{synthetic_qa,jsonl,hf_dataset}.yaml
     "prompts": Open("fn(split, n, seed) -> prompt records: _target_ and its keyword arguments"),
     "prompts.n": Int("prompts per split", low=1),
     "oracle": Open("fn(prompts, completions) -> error rates (_target_, _partial_); null: no oracle", nullable=True),
-    "truncate": Choice(("left", "error"), "a prompt longer than the policy allows: left (keep its last tokens, counted "
-                       "in the log) | error (refuse, naming the record)"),
+    "truncate": Choice(("left", "right", "error"), "a prompt longer than the policy allows: left (keep its last tokens, "
+                       "counted in the log) | right (keep its first tokens, counted) | error (refuse, naming the record)"),
     # task=jsonl
     "train": Str("task=jsonl: JSONL of {id?, prompt, reference?} for training (ppo)", nullable=True),
     "eval": Str("task=jsonl: JSONL of held-out prompts (evaluate)", nullable=True),

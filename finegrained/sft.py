@@ -2,7 +2,9 @@
 
 The input of one example follows the policy text convention (docs/ARCHITECTURE.md): the prompt ids
 (``add_special_tokens=False``), then the completion ids and EOS. The loss covers the completion and its
-EOS only; prompt positions carry the label -100. Writes ``output_dir/final/`` (model and tokenizer,
+EOS only; prompt positions carry the label -100. A prompt too long for the model is cut by ``task.truncate``
+as PPO, ``evaluate`` and ``sample`` cut it (``left``: keep its end, ``right``: keep its beginning, ``error``:
+refuse), so the policy learns from the same view of a prompt that it later generates from. Writes ``output_dir/final/`` (model and tokenizer,
 safetensors, loadable with ``from_pretrained``), tensorboard logs under ``output_dir/tb`` and, every
 ``checkpoint.every`` steps, ``output_dir/checkpoints/step-N/``.
 """
@@ -27,7 +29,8 @@ IGNORE_INDEX = -100
 
 def read_pairs(path: str | Path) -> list[dict]:
     """Prompt/completion pairs from JSONL; every problem reported as ``FILE:LINE: field: message``."""
-    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in read_string_records(path, ("prompt", "completion"))]
+    return [{"prompt": r["prompt"], "completion": r["completion"], "_line": r["_line"]}
+            for r in read_string_records(path, ("prompt", "completion"))]  # fmt: skip
 
 
 def load_corpus(cfg: DictConfig) -> tuple[list[dict], list[dict]]:
@@ -64,15 +67,19 @@ def build_model(cfg: DictConfig, texts: list[str]):
     return model, tokenizer
 
 
-def encode_example(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]] | None:
-    """Input ids and labels (-100 on the prompt); the prompt is cut from the left when too long.
+def encode_example(tokenizer, prompt: str, completion: str, max_length: int,
+                   truncate: str = "left") -> tuple[list[int], list[int]] | None:  # fmt: skip
+    """Input ids and labels (-100 on the prompt); a prompt too long is cut by ``truncate`` (``left``: keep its
+    last tokens, ``right``: its first; ``finegrained.generation.cut_prompt_ids``).
     None when the completion alone does not fit."""
+    from .generation import cut_prompt_ids
+
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     room = max_length - len(completion_ids)
     if room < 1:
         return None
-    prompt_ids = prompt_ids[-room:]
+    prompt_ids = cut_prompt_ids(prompt_ids, room, truncate)
     return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
 
 
@@ -89,18 +96,35 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def encode_all(tokenizer, pairs: list[dict], max_length: int, what: str) -> list:
-    encoded = [encode_example(tokenizer, p["prompt"], p["completion"], max_length) for p in pairs]
+def encode_all(tokenizer, pairs: list[dict], max_length: int, what: str, truncate: str = "left", source: str = "data") -> list:
+    if truncate == "error":
+        refuse_long_prompts(tokenizer, pairs, max_length, source)
+    encoded = [encode_example(tokenizer, p["prompt"], p["completion"], max_length, truncate) for p in pairs]
     skipped = sum(e is None for e in encoded)
     if skipped:
         log(f"[sft] warning: skipped {skipped} of {len(pairs)} {what} examples whose completion does not fit in {max_length} tokens")
     kept = [e for e in encoded if e is not None]
-    # encode_example keeps a long prompt's end (the left rule of finegrained.generation); say how often
+    # encode_example cut a long prompt (task.truncate's rule); say how often
     cut = sum(len(tokenizer(p["prompt"], add_special_tokens=False).input_ids) > sum(lab == IGNORE_INDEX for lab in e[1])
               for p, e in zip(pairs, encoded) if e is not None)  # fmt: skip
     if cut:
-        log(f"[sft] cut the prompt of {cut} of {len(kept)} {what} examples from the left to fit {max_length} tokens")
+        log(f"[sft] cut the prompt of {cut} of {len(kept)} {what} examples from the {truncate} to fit {max_length} tokens")
     return kept
+
+
+def refuse_long_prompts(tokenizer, pairs: list[dict], max_length: int, source: str) -> None:
+    """``task.truncate=error``: an ``InputError`` naming every pair whose prompt and completion exceed ``max_length``."""
+    from .errors import InputError, Problem
+
+    problems = []
+    for i, p in enumerate(pairs):
+        n = len(tokenizer(p["prompt"], add_special_tokens=False).input_ids)
+        n += len(tokenizer(p["completion"], add_special_tokens=False).input_ids) + 1  # + EOS
+        if n > max_length:
+            problems.append(Problem(source, p.get("_line", i + 1), f"prompt and completion have {n} tokens; the model "
+                                    f"holds {max_length} (task.truncate=left or right would cut the prompt)", "prompt"))  # fmt: skip
+    if problems:
+        raise InputError(problems[:50])
 
 
 @torch.no_grad()
@@ -141,11 +165,10 @@ def train_sft(cfg: DictConfig) -> dict:
     train_pairs, eval_pairs = load_corpus(cfg)
     model, tokenizer = build_model(cfg, [p["prompt"] + " " + p["completion"] for p in train_pairs])
     max_length = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
-    train_examples = encode_all(tokenizer, train_pairs, max_length, "training")
-    eval_batches = [
-        collate(chunk, tokenizer.pad_token_id)
-        for chunk in _chunks(encode_all(tokenizer, eval_pairs, max_length, "eval"), cfg.train.batch_size)
-    ]
+    truncate = cfg.task.get("truncate") or "left"
+    train_examples = encode_all(tokenizer, train_pairs, max_length, "training", truncate, str(cfg.data.train or "data.train"))
+    eval_examples = encode_all(tokenizer, eval_pairs, max_length, "eval", truncate, str(cfg.data.eval or "data.eval"))
+    eval_batches = [collate(chunk, tokenizer.pad_token_id) for chunk in _chunks(eval_examples, cfg.train.batch_size)]
     if not train_examples:
         raise FinegrainedError("no training example fits the model's context")
     steps_per_epoch = math.ceil(len(train_examples) / cfg.train.batch_size)

@@ -132,3 +132,82 @@ def test_reward_models_never_read_past_their_positions(tmp_path):
     assert len(p[0]) == 3 and all(0.0 <= x <= 1.0 for x in p[0])
     scores = pref_judge.score_sequences([LONG, LONG], [completion, completion * 20])
     assert all(torch.isfinite(torch.tensor(scores)))
+
+
+def test_right_rule_keeps_the_start_of_the_prompt(short_policy):
+    from transformers import AutoTokenizer
+
+    from finegrained.generation import TRUNCATE_RULES, cut_prompt_ids
+    from finegrained.settings import TASK
+
+    assert TASK["truncate"].choices == TRUNCATE_RULES  # task.truncate accepts exactly what the code applies
+    tok = AutoTokenizer.from_pretrained(short_policy)
+    full = tok(LONG, add_special_tokens=False).input_ids
+    ids, mask = encode_prompts(tok, [LONG, SHORT], "cpu", max_tokens=20, truncate="right")
+    assert ids.shape == (2, 20) and ids[0].tolist() == full[:20] and bool(mask[0].all())
+    short = tok(SHORT, add_special_tokens=False).input_ids
+    assert ids[1, 20 - len(short) :].tolist() == short and int(mask[1].sum()) == len(short)  # left-padded, uncut
+    assert cut_prompt_ids(full, None, "right") == full and cut_prompt_ids(full, len(full), "error") == full
+    with pytest.raises(ValueError, match="truncate='error'"):
+        cut_prompt_ids(full, 20, "error")
+    fit = fit_prompts(tok, [{"id": "a", "prompt": LONG}, {"id": "b", "prompt": SHORT}], 20, "right", who="test")
+    assert fit.dropped == [len(full) - 20]
+    assert fit.message("test").startswith("[test] cut 1 of 2 prompts from the right to their first 20 tokens")
+    with pytest.raises(InputError, match="truncate=right the first 20"):
+        fit_prompts(tok, [{"id": "a", "prompt": LONG}], 20, "error", who="test")
+
+
+def test_right_rule_in_generation_rollout_and_kl(short_policy):
+    """generate, PPO's sample_responses and response_kl all read the prompt's first tokens under ``right``;
+    checked against greedy decoding and a plain KL loop from the cut prompt."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finegrained.generation import generate, prepare_tokenizer, response_kl
+    from finegrained.rl.rollout import sample_responses
+
+    tok = AutoTokenizer.from_pretrained(short_policy)
+    prepare_tokenizer(tok)
+    policy = AutoModelForCausalLM.from_pretrained(short_policy).eval()
+    reference = tiny_causal_lm(tok, n_layer=1, n_embd=32, n_positions=N_POSITIONS, seed=1).eval()
+    first = tok(LONG, add_special_tokens=False).input_ids[: N_POSITIONS - 8]
+    [g] = generate(policy, tok, [LONG], max_new_tokens=8, truncate="right")
+    assert g.prompt_budget == N_POSITIONS - 8 and g.prompt_truncate == "right"
+    ids = torch.tensor([first])
+    with torch.no_grad():
+        greedy = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)[0, len(first) :].tolist()  # fmt: skip
+    assert g.response_ids == greedy[: len(g.response_ids)]
+    query, _, _, _ = sample_responses(policy, tok, [LONG], max_new_tokens=4, max_prompt_tokens=20, truncate="right")
+    assert query[0].tolist() == first[:20]
+    # the KL along the response, from the same cut prompt, one position at a time
+    expected, context = 0.0, list(first)
+    with torch.no_grad():
+        for token in g.response_ids:
+            x = torch.tensor([context])
+            logp = F.log_softmax(policy(x).logits[0, -1].float(), -1)
+            logq = F.log_softmax(reference(x).logits[0, -1].float(), -1)
+            expected += float((logp.exp() * (logp - logq)).sum())
+            context.append(token)
+    assert response_kl(policy, reference, tok, [g]) == pytest.approx([expected], rel=1e-4, abs=1e-5)
+
+
+def test_sample_and_sft_cut_from_the_right(short_policy, prompt_file, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from finegrained import sft
+
+    out = tmp_path / "out.jsonl"
+    argv = ["--policy", str(short_policy), "--prompts", str(prompt_file), "--output", str(out), "--max-new-tokens", "16",
+            "--truncate", "right"]  # fmt: skip
+    assert sample.main(argv) == 0
+    assert "cut 1 of 2 prompts from the right to their first 48 tokens" in capsys.readouterr().err
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == [LONG, SHORT]
+    tok = AutoTokenizer.from_pretrained(short_policy)
+    full = tok(LONG, add_special_tokens=False).input_ids
+    ids, labels = sft.encode_example(tok, LONG, " a town", max_length=32, truncate="right")
+    n_prompt = labels.count(sft.IGNORE_INDEX)
+    assert ids[:n_prompt] == full[:n_prompt] and len(ids) == 32
+    pairs = [{"prompt": LONG, "completion": " a town", "_line": 3}]
+    with pytest.raises(InputError, match=r"pairs.jsonl:3: prompt: prompt and completion have \d+ tokens; the model holds 32"):
+        sft.encode_all(tok, pairs, 32, "training", truncate="error", source="pairs.jsonl")

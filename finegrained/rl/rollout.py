@@ -55,14 +55,15 @@ class TokenDistribution:
 @torch.no_grad()
 def sample_responses(
     policy, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-    top_p: float = 1.0, min_new_tokens: int = 0, max_prompt_tokens: int | None = None,
+    top_p: float = 1.0, min_new_tokens: int = 0, max_prompt_tokens: int | None = None, truncate: str = "left",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Sample one response per prompt with KV cache. Returns ``query_ids`` (B, P), ``query_mask`` (B, P),
     ``response_ids`` (B, T) and ``response_mask`` (B, T); padding after EOS is the pad id. A prompt longer
-    than ``max_prompt_tokens`` keeps its last ones (``finegrained.generation.encode_prompts``). Only these
+    than ``max_prompt_tokens`` is cut by ``truncate`` (``left``: keeps its last tokens, ``right``: its first;
+    ``finegrained.generation.encode_prompts``). Only these
     settings shape sampling: the policy's own ``generation_config`` is not consulted (``generate_ids``)."""
     device = next(policy.parameters()).device
-    query_ids, query_mask = encode_prompts(tokenizer, prompts, device, max_tokens=max_prompt_tokens)
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, device, max_tokens=max_prompt_tokens, truncate=truncate)
     settings = generation_settings(
         tokenizer, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
         min_new_tokens=min_new_tokens,

@@ -155,7 +155,7 @@ class PPOTrainer:
 
     def _fit_prompts(self, records: list[dict], policy, value) -> int | None:
         """Prompt tokens that leave room for max_new_tokens in the policy and a separate value trunk;
-        too-long prompts are cut from the left or refused, by ``task.truncate``."""
+        too-long prompts are cut (from the left or the right) or refused, by ``task.truncate``."""
         models = [policy] if self.cfg.value.shared else [policy, getattr(value, "trunk", value)]
         budget = prompt_token_budget(models, self.cfg.generation.max_new_tokens)
         rule = self.cfg.task.get("truncate") or "left"
@@ -267,6 +267,7 @@ class PPOTrainer:
                         policy, self.tokenizer, prompts, max_new_tokens=cfg.generation.max_new_tokens,
                         temperature=cfg.generation.temperature, top_k=cfg.generation.top_k, top_p=cfg.generation.top_p,
                         min_new_tokens=cfg.generation.min_new_tokens, max_prompt_tokens=self.prompt_budget,
+                        truncate=cfg.task.get("truncate") or "left",
                     )  # fmt: skip
             except RuntimeError as e:
                 # torch.multinomial on the probabilities of diverged weights (finite, but inf/NaN logits)
