@@ -38,6 +38,7 @@ from ..errors import FinegrainedError
 from ..generation import check_local_source, fit_prompts, prompt_token_budget
 from ..progress import Progress
 from ..io import atomic_directory, atomic_write_json
+from ..model_card import policy_card, write_card
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import RewardScorer, has_non_finite
 from . import functional as F
@@ -437,7 +438,14 @@ class PPOTrainer:
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
                 policy.save_pretrained(tmp, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
+                write_card(tmp, policy_card(algorithm="ppo", base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg,
+                                            reward=self.cfg.reward, summary=self.run_summary()))  # fmt: skip
         self.accelerator.wait_for_everyone()
+
+    def run_summary(self) -> dict:
+        """For the model card: iterations done and the last batch's mean score reward (no KL), when one ran."""
+        scores = self._last[2].total_per_sample() if getattr(self, "_last", None) else []
+        return {"iterations": self.iteration, "last_mean_score_reward": sum(scores) / len(scores) if scores else None}
 
     def train(self) -> dict:
         cfg = self.cfg
