@@ -370,3 +370,15 @@ def test_auto_breaks_a_tie_by_what_the_rest_of_the_export_confirms():
     assert ls.preferred_offsets(export) == "utf16"
     spans, _ = ls.records_from_export(export, SCHEMA)
     assert [(s["start"], s["end"]) for r in spans for s in r["spans"]] == [(2, 3), (0, 1)]
+
+
+def test_collapsed_whitespace_is_the_same_text_and_a_missing_text_must_not_be_ambiguous():
+    text = "One line.\n\n  🐱 Then   more."
+    start, end = py_span(text, "line.\n\n  🐱 Then")
+    collapsed = {"start": start, "end": end, "text": "line. 🐱 Then"}  # as a <Text> without pre-wrap saves it
+    assert ls.region_span(text, collapsed) == (start, end)
+    start, end = py_span(text, "more")
+    no_text = {"start": start, "end": end}  # after the cat: code points and UTF-16 units name different text
+    assert "--offsets code-points or --offsets utf16" in ls.region_span(text, no_text)
+    assert ls.region_span(text, no_text, "code-points") == (start, end)
+    assert ls.region_span(text, {"start": start + 1, "end": end + 1}, "utf16") == (start, end)

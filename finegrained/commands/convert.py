@@ -23,6 +23,8 @@ FORMATS = ("qa-feedback", "label-studio")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..convert.label_studio import OFFSET_READINGS
+
     parser = argparse.ArgumentParser(
         prog="finegrained convert", description="Import a public annotation format as span and preference JSONL."
     )
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--offsets", choices=("auto", "code-points", "utf16"), default="auto",
+        "--offsets", choices=OFFSET_READINGS, default="auto",
         help="label-studio: how region offsets count characters: code-points (current Label Studio), utf16 "
              "(releases before its emoji fix), auto = the reading each region's text confirms (default)",
     )  # fmt: skip
