@@ -38,9 +38,20 @@ def is_hub_id(name: object) -> bool:
 def invocation() -> str:
     """The command line of this process, as a user would type it (``finegrained ppo key=value ...``)."""
     argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("finegrained", "cli.py", "__main__.py", "-m"):
+    program = Path(argv[0]) if argv else Path()
+    # the console script, python -m finegrained(.cli); any other program (pytest, a user's script) keeps its name
+    if program.name == "finegrained" or (program.name in ("cli.py", "__main__.py") and program.parent.name == "finegrained"):
         argv = ["finegrained", *argv[1:]]
     return shlex.join(argv) if argv else "finegrained"
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain dicts and lists (an OmegaConf config resolved), so YAML can write it."""
+    from omegaconf import DictConfig
+
+    from .config import to_container
+
+    return to_container(value) if isinstance(value, DictConfig) else value
 
 
 def render_card(front_matter: Mapping[str, Any], title: str, sections: list[tuple[str, str]]) -> str:
@@ -126,10 +137,12 @@ def policy_card(
     *, algorithm: str, base_model: str | None, config: Mapping[str, Any], reward: Mapping[str, Any] | None = None,
     command: str | None = None, summary: Mapping[str, Any] | None = None,
 ) -> str:
-    """The card of a policy directory (``final/`` of sft or ppo): a plain causal LM."""
+    """The card of a policy directory (``final/`` of sft or ppo): a plain causal LM. ``config`` and ``reward``
+    may be OmegaConf configs; ``base_model`` ``"tiny"`` (or a local path) stays out of the front matter."""
+    config, reward = plain(config), plain(reward)
     front = {
         "library_name": "transformers",
-        "base_model": base_model if is_hub_id(base_model) else None,
+        "base_model": base_model if is_hub_id(base_model) and base_model != "tiny" else None,
         "tags": ["finegrained", algorithm, "rlhf" if algorithm != "sft" else "sft", "fine-grained-rlhf"],
         "pipeline_tag": "text-generation",
     }

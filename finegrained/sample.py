@@ -4,6 +4,7 @@
                        [--n-per-prompt K] [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]
                        [--greedy] [--seed S] [--batch-size B] [--device D] [--pairs]
                        [--prompt-column C] [--id-column C] [--truncate left|right|error]
+                       [--format jsonl|label-studio] [--schema S]
 
 ``prompts.jsonl`` holds one object per line with ``prompt`` (and optionally ``id``); a ``datasets`` directory
 (``save_to_disk``) or .csv/.parquet file works too, with ``--prompt-column`` / ``--id-column``. Prompts longer
@@ -17,6 +18,12 @@ With ``--pairs`` (two samples per prompt) each prompt gives one *pair item* inst
 Generation follows the policy text convention of ``docs/ARCHITECTURE.md`` (prompt ids without special
 tokens, batched, left-padded, KV cache), so what is annotated is exactly what PPO would see. This closes
 the loop: sample -> annotate -> train-rm -> ppo -> sample.
+
+``--format label-studio`` writes the same items as Label Studio tasks (a JSON array, ``{"data": {"item_id",
+"prompt", "completion"}}`` or, with ``--pairs``, ``completion_a`` / ``completion_b``) and, beside the tasks
+file, ``<name>.labeling_config.xml`` generated from ``--schema`` (span categories as labels; with
+``--pairs`` its preference categories as A / B / Tie choices). Read the export back with
+``finegrained convert label-studio``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from pathlib import Path
 from .errors import FinegrainedError
 from .generation import TRUNCATE_RULES
 from .io import atomic_write_jsonl
+
+OUTPUT_FORMATS = ("jsonl", "label-studio")
 
 
 def prompt_task(path: Path, prompt_column: str = "prompt", id_column: str | None = None) -> dict:
@@ -56,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--truncate", choices=TRUNCATE_RULES, default="left",
                         help="a prompt longer than the policy allows with --max-new-tokens: left = keep its last "
                              "tokens (default), right = keep its first tokens, error = refuse, naming the records")  # fmt: skip
-    parser.add_argument("--output", required=True, type=Path, help="JSONL to write (id, prompt, completion, meta)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="file to write: JSONL (id, prompt, completion, meta), or with --format label-studio "
+                             "the tasks JSON (the labeling config is written beside it)")  # fmt: skip
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="jsonl",
+                        help="jsonl = items for finegrained annotate (default); label-studio = Label Studio tasks "
+                             "and a labeling config")  # fmt: skip
+    parser.add_argument("--schema", default="qa_feedback",
+                        help="--format label-studio: the schema whose categories the labeling config asks for "
+                             "(default: qa_feedback)")  # fmt: skip
     parser.add_argument("--n-per-prompt", type=int, default=1, help="completions per prompt (default: 1)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -98,6 +115,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     records = read_prompts(args.prompts, args.prompt_column, args.id_column)  # checked before the (slow) model load
+    config_xml = label_studio_config(args) if args.format == "label-studio" else None  # schema checked early too
     from .evaluate import pick_device
     from .generation import fit_prompts, generate, load_policy, prompt_token_budget
 
@@ -126,6 +144,28 @@ def main(argv: list[str]) -> int:
             for (r, k), g in zip(expanded, generations)
         ]
         what = f"{len(out)} completions ({len(records)} prompts x {n_per_prompt})"
-    atomic_write_jsonl(args.output, out)
-    print(f"wrote {what} to {args.output}")
+    if config_xml is None:
+        atomic_write_jsonl(args.output, out)
+        print(f"wrote {what} to {args.output}")
+    else:
+        write_label_studio(args.output, out, config_xml, what)
     return 0
+
+
+def label_studio_config(args: argparse.Namespace) -> str:
+    """The labeling config for ``--format label-studio`` (raises on a schema without such categories)."""
+    from .convert.label_studio import labeling_config
+    from .schema import load_schema
+
+    return labeling_config(load_schema(args.schema), pairs=args.pairs)
+
+
+def write_label_studio(output: Path, items: list[dict], config_xml: str, what: str) -> None:
+    """Label Studio tasks (a JSON array) at ``output`` and the labeling config beside it."""
+    from .convert.label_studio import labeling_config_path, tasks_from_items
+    from .io import atomic_write_json, atomic_write_text
+
+    config_path = labeling_config_path(output)
+    atomic_write_json(output, tasks_from_items(items))
+    atomic_write_text(config_path, config_xml)
+    print(f"wrote {what} as Label Studio tasks to {output}\nwrote the labeling config to {config_path}")

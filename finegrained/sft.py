@@ -22,6 +22,7 @@ from .config import compose_from_argv, log, save_config
 from .errors import FinegrainedError
 from .io import atomic_directory, read_string_records, remove_stale_temporaries
 from .model_dirs import save_pretrained_dir
+from .model_card import policy_card, write_card
 from .progress import Progress
 
 IGNORE_INDEX = -100
@@ -216,6 +217,8 @@ def train_sft(cfg: DictConfig) -> dict:
         writer.close()
     if accelerator.is_main_process:
         save_hf_dir(model, tokenizer, out / "final", accelerator, overwrite=bool(cfg.overwrite))
+        write_card(out / "final", policy_card(algorithm="sft", base_model=cfg.model.name_or_path or "tiny", config=cfg,
+                                              summary={"steps": step, "eval_loss": final_eval}))  # fmt: skip
     if final_eval is None:
         log(f"[sft] no eval data (set data.eval=<pairs.jsonl> for an eval loss); wrote {out / 'final'}")
     else:

@@ -23,6 +23,8 @@ FORMATS = ("qa-feedback", "label-studio")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..convert.label_studio import OFFSET_READINGS
+
     parser = argparse.ArgumentParser(
         prog="finegrained convert", description="Import a public annotation format as span and preference JSONL."
     )
@@ -35,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--schema", default="qa_feedback", help="schema to validate the output with (default: qa_feedback)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--offsets", choices=OFFSET_READINGS, default="auto",
+        help="label-studio: how region offsets count characters: code-points (current Label Studio), utf16 "
+             "(releases before its emoji fix), auto = the reading each region's text confirms (default)",
+    )  # fmt: skip
     return parser
 
 
@@ -69,7 +76,8 @@ def convert_label_studio(args: argparse.Namespace) -> int:
     from ..convert import label_studio
     from ..schema import load_schema
 
-    written = label_studio.convert_export(args.input, args.out_dir, load_schema(args.schema))
-    print(f"{args.out_dir}/spans.jsonl: {written['spans.jsonl']} span records\n"
-          f"{args.out_dir}/preferences.jsonl: {written['preferences.jsonl']} preference records (ties dropped)")
+    written = label_studio.convert_export(args.input, args.out_dir, load_schema(args.schema), offsets=args.offsets)
+    for name, what in (("spans.jsonl", "span records"), ("preferences.jsonl", "preference records (ties dropped)")):
+        n = written[name]
+        print(f"{args.out_dir}/{name}: {n} {what}" if n else f"{args.out_dir}/{name}: none in the export, not written")
     return 0

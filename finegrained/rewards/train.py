@@ -33,6 +33,7 @@ from ..config import compose_from_argv, log, to_container
 from ..config_checks import warn_if_one_class
 from ..errors import FinegrainedError
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
+from ..model_card import reward_model_card, write_card
 from ..schema import Category, SegmentationConfig
 from .context import PromptView
 from .evaluate import SCHEMA_COPY, evaluate_preference_judge, evaluate_span_judge, format_metrics_table
@@ -262,6 +263,7 @@ def save_reward_model(directory: Path, model, tokenizer, metadata: dict, metrics
     atomic_write_json(directory / METADATA_FILE, metadata)
     if metrics is not None:
         atomic_write_json(directory / METRICS_FILE, metrics)
+    write_card(directory, reward_model_card(metadata, metrics))  # README.md: what the directory holds
     if schema_source and Path(schema_source).is_file():
         shutil.copyfile(schema_source, directory / SCHEMA_COPY)
 

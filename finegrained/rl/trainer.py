@@ -39,6 +39,7 @@ from ..generation import check_local_source, fit_prompts, prompt_token_budget
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
 from ..progress import Progress
+from ..model_card import policy_card, write_card
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
 from . import functional as F
@@ -481,7 +482,14 @@ class PPOTrainer:
                 merge_adapters_(policy)  # final/ is a plain HF model: adapters folded into the weights
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
                 save_pretrained_dir(tmp, policy, self.tokenizer)
+                write_card(tmp, policy_card(algorithm="ppo", base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg,
+                                            reward=self.cfg.reward, summary=self.run_summary()))  # fmt: skip
         self.accelerator.wait_for_everyone()
+
+    def run_summary(self) -> dict:
+        """For the model card: iterations done and the last batch's mean score reward (no KL), when one ran."""
+        scores = self._last[2].total_per_sample() if getattr(self, "_last", None) else []
+        return {"iterations": self.iteration, "last_mean_score_reward": sum(scores) / len(scores) if scores else None}
 
     def train(self) -> dict:
         cfg = self.cfg
