@@ -43,7 +43,7 @@ from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
 from . import functional as F
 from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
-from .lora import adapters_disabled, add_adapters, count_parameters, merge_adapters_
+from .lora import add_adapters
 from .policy import build_policy, build_value_model, frozen_copy
 from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
 from .types import Trajectory
@@ -105,12 +105,12 @@ class PPOTrainer:
         self.prompt_budget = self._fit_prompts(records, policy, value)
         if cfg.lora.r:
             # LoRA: the policy's weights stay frozen; the reference is the policy with its adapters off.
-            adapted = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
-            if cfg.gradient_checkpointing:
-                policy.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+            # (peft makes the input embeddings require grad when gradient checkpointing is on)
+            policy = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
             self.reference = None
-            trainable, total = count_parameters(policy)
-            log(f"[ppo] LoRA r={cfg.lora.r} on {len(adapted)} layers: {trainable:,} of {total:,} policy parameters train")
+            trainable, total = policy.get_nb_trainable_parameters()
+            n_layers = len(policy.peft_config["default"].target_modules)
+            log(f"[ppo] LoRA r={cfg.lora.r} (peft) on {n_layers} layers: {trainable:,} of {total:,} policy parameters train")
         else:
             self.reference = frozen_copy(policy).to(self.accelerator.device)
         # Every policy log-prob (rollout and PPO epochs) under the sampling distribution; the reference's
@@ -219,7 +219,7 @@ class PPOTrainer:
         dist = self.reference_distribution
         if self.reference is not None:
             return policy_forward(self.reference, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
-        with adapters_disabled(self.accelerator.unwrap_model(self.policy)):
+        with self.accelerator.unwrap_model(self.policy).disable_adapter():  # LoRA: the reference is adapters-off
             return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
 
     def _checkpoint_note(self, weights_failed: bool = False) -> str:
@@ -477,7 +477,7 @@ class PPOTrainer:
         if self.is_main:
             policy = self.accelerator.unwrap_model(self.policy)
             if self.cfg.lora.r:
-                merge_adapters_(policy)  # final/ is a plain HF model: adapters folded into the weights
+                policy = policy.merge_and_unload()  # final/ is a plain HF model: adapters folded into the weights
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
                 save_pretrained_dir(tmp, policy, self.tokenizer)
         self.accelerator.wait_for_everyone()
