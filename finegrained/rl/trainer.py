@@ -9,7 +9,7 @@ One iteration, as the code below reads:
 4. ref/value log-probs under the policy and the frozen reference, values; per-token KL penalty;
 5. advantage GAE (gamma, lambda), optional reward (scale-only) and advantage whitening;
 6. update    PPO epochs over minibatches: clipped policy loss, clipped value loss;
-7. log       tensorboard, progress bar, checkpoints.
+7. log       trackers (``log.report_to``: tensorboard, mlflow, wandb), progress bar, checkpoints.
 
 Launching on several devices (the output directory is resolved before processes start)::
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..config import compose_from_argv, log, save_config
+from ..config import compose_from_argv, log, save_config, to_container
 from ..errors import FinegrainedError
 from ..generation import check_local_source, fit_prompts, prompt_token_budget
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
@@ -41,6 +41,7 @@ from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
 from ..progress import Progress
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
+from ..trackers import Trackers, check_installed, report_to_of
 from . import functional as F
 from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
 from .lora import add_adapters
@@ -90,6 +91,7 @@ class PPOTrainer:
         cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
         self.is_main = self.accelerator.is_main_process
+        check_installed(report_to_of(cfg))  # before any model is built
         if self.is_main:
             self._remove_interrupted_writes()
         self._check_output_dir()
@@ -139,13 +141,14 @@ class PPOTrainer:
         self.data_position = 0
         if cfg.resume:
             self._resume()
-        self.writer = None
         if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration + 1 if self.iteration else None)
+        # main process only; a resumed run rewrites tensorboard from its next iteration and continues the
+        # MLflow / W&B runs it started
+        self.trackers = Trackers(report_to_of(cfg), self.out, run_name=self.out.name, enabled=self.is_main,
+                                 purge_step=self.iteration + 1 if self.iteration else None, resume=bool(self.iteration))  # fmt: skip
+        self.trackers.log_config(to_container(cfg))
 
     # -- set-up helpers ------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -434,15 +437,15 @@ class PPOTrainer:
 
     # -- outputs ---------------------------------------------------------------------------------------
     def log_stats(self, stats: dict) -> None:
-        if self.writer is None:
+        """The iteration's statistics (and every ``log.samples_every`` iterations a few samples) to every tracker."""
+        if not self.trackers.active:
             return
-        for key, value in stats.items():
-            self.writer.add_scalar(key, value, self.iteration)
+        self.trackers.log(stats, self.iteration)
         every = self.cfg.log.samples_every
         if every and self.iteration % every == 0:
             prompts, texts, breakdown = self._last
-            self.writer.add_text("samples", format_samples(prompts, texts, breakdown, self.cfg.log.n_samples), self.iteration)
-        self.writer.flush()
+            self.trackers.log_text("samples", format_samples(prompts, texts, breakdown, self.cfg.log.n_samples), self.iteration)
+        self.trackers.flush()
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -483,6 +486,16 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
 
     def train(self) -> dict:
+        """Iterations up to ``ppo.iterations``, checkpoints, final/; the trackers are closed however it ends."""
+        try:
+            stats = self._train()
+        except BaseException:
+            self.trackers.close(failed=True)
+            raise
+        self.trackers.close()
+        return stats
+
+    def _train(self) -> dict:
         cfg = self.cfg
         total = cfg.ppo.iterations
         if self.is_main:
@@ -497,8 +510,6 @@ class PPOTrainer:
                 self.save_checkpoint()
         bar.close()
         self.save_final()
-        if self.writer is not None:
-            self.writer.close()
         return stats
 
 
