@@ -163,7 +163,6 @@ def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
     """
     from .generation import encode_prompts
     from .rl.functional import logprobs_from_logits
-    from .rl.lora import adapters_disabled
     from .rl.rollout import joint_inputs
 
     cfg = trainer.cfg
@@ -195,7 +194,7 @@ def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
         if trainer.reference is not None:
             trainer.reference(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
         else:  # LoRA: the reference is the policy with its adapters off
-            with adapters_disabled(policy):
+            with policy.disable_adapter():
                 policy(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
         if not cfg.value.shared:
             trainer.value(ids, attention, position_ids)

@@ -36,7 +36,9 @@ class Setting:
 
     def allowed(self) -> str:
         """What is allowed, as the end of "must be ...", e.g. ``an integer >= 1``."""
-        if self.choices:
+        if self.choices and self.kind == "list":
+            text = "a list of " + ", ".join(_show(c) for c in self.choices) + " (or one of them)"
+        elif self.choices:
             text = "one of " + ", ".join(_show(c) for c in self.choices)
         elif self.kind == "seeds":
             text = "an integer >= 1 (that many seeds) or a list of integers >= 0"
@@ -70,6 +72,8 @@ class Setting:
         return None
 
     def _fits(self, value) -> bool:
+        if self.choices and self.kind == "list":  # several of the choices, or one
+            return all(isinstance(v, str) and v in self.choices for v in (value if isinstance(value, list) else [value]))
         if self.choices:
             return any(value == c and type(value) is type(c) for c in self.choices)
         if self.kind == "seeds":
@@ -141,6 +145,11 @@ def Choice(choices: tuple, help: str, nullable=False) -> Setting:  # noqa: N802
     return Setting(help, "str", choices=tuple(choices), nullable=nullable)
 
 
+def Choices(choices: tuple, help: str) -> Setting:  # noqa: N802
+    """A list of some of ``choices`` (a single one may be given bare)."""
+    return Setting(help, "list", choices=tuple(choices))
+
+
 def Open(help: str, nullable=False) -> Setting:  # noqa: N802
     return Setting(help, "mapping", open=True, nullable=nullable)
 
@@ -189,6 +198,8 @@ def mounted(prefix: str, table: dict[str, Setting]) -> dict[str, Setting]:
 
 
 # -- config groups ------------------------------------------------------------------------------------
+REPORT_TO = Choices(("tensorboard", "mlflow", "wandb"), "experiment trackers that get every metric and the "
+                    "config (mlflow, wandb: pip install 'finegrained[mlflow]' / '[wandb]'); []: none")
 TASK = {  # conf/task/{synthetic_qa,jsonl,hf_dataset}.yaml
     "name": Str("name of the task"),
     "schema": Str("annotation schema of the task (a shipped name or a YAML path)", nullable=True),
@@ -227,6 +238,7 @@ REWARD = {  # conf/reward/*.yaml (the reward scorer's config)
     "segmentation.split_after": Str("characters after which a sentence splits into sub-sentences"),
     "segmentation.min_words": Int("fewest words on each side of a sub-sentence split", low=1),
     "segmentation.language": Str("spaCy language code"),
+    "segmentation.rule": Choice(("finegrained", "paper"), "sub-sentence rule: finegrained (default) or paper (Wu et al. 2023)"),
     "categories": Block("reward categories by name"),
     "categories.*": Block("one reward category: a trained model (model:) or a Python rule (judge:)"),
     "categories.*.model": Str("reward-model directory written by train-rm; null or empty: skip the category", nullable=True),
@@ -301,6 +313,7 @@ PPO = {
     "log.progress": Bool("progress bar"),
     "log.samples_every": Int("iterations between sample completions in tensorboard (0: never)", low=0),
     "log.n_samples": Int("sample completions logged each time", low=0),
+    "log.report_to": REPORT_TO,
     **mounted("policy", POLICY),
     **mounted("reward", REWARD),
     **mounted("task", TASK),
@@ -334,6 +347,7 @@ TRAIN_RM = {
     "train.best_metric": Str("metric that picks the best checkpoint (e.g. error_f1); null: segment/pairwise accuracy", nullable=True),
     "train.mixed_precision": Choice(("no", "bf16", "fp16"), "mixed precision (bf16 on a GPU)"),
     "train.progress": Bool("progress bar"),
+    "log.report_to": REPORT_TO,
     **mounted("model", RM_MODEL),
 }
 
@@ -371,6 +385,7 @@ SFT = {
     "train.progress": Bool("progress bar"),
     "checkpoint.every": Int("steps between intermediate checkpoints (0: only output_dir/final)", low=0),
     "bf16": Bool("bf16 autocast (GPU)"),
+    "log.report_to": REPORT_TO,
     **mounted("task", TASK),
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .config import compose_from_argv, log, save_config
+from .config import compose_from_argv, log, save_config, to_container
 from .errors import FinegrainedError
 from .io import atomic_directory, read_string_records, remove_stale_temporaries
 from .model_dirs import save_pretrained_dir
@@ -152,9 +152,11 @@ def save_hf_dir(model, tokenizer, directory: Path, accelerator, overwrite: bool 
 def train_sft(cfg: DictConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from torch.utils.tensorboard import SummaryWriter
     from transformers import get_cosine_schedule_with_warmup
 
+    from .trackers import Trackers, check_installed, report_to_of
+
+    check_installed(report_to_of(cfg))  # before any work
     out = Path(cfg.output_dir)
     if (out / "final").exists() and not cfg.overwrite:
         raise FinegrainedError(f"{out / 'final'} already exists; pass overwrite=true to replace it")
@@ -179,7 +181,8 @@ def train_sft(cfg: DictConfig) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    writer = SummaryWriter(str(out / "tb")) if accelerator.is_main_process else None
+    trackers = Trackers(report_to_of(cfg), out, run_name=out.name, enabled=accelerator.is_main_process)
+    trackers.log_config(to_container(cfg))
     log(f"[sft] {len(train_examples)} training examples, {total_steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     initial_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
     rng = random.Random(cfg.seed)
@@ -204,17 +207,15 @@ def train_sft(cfg: DictConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1, loss=round(loss.item(), 4), epoch=epoch)
-            if writer is not None and step % cfg.train.log_every == 0:
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            if trackers.active and step % cfg.train.log_every == 0:
+                trackers.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and accelerator.is_main_process:
                 save_hf_dir(model, tokenizer, out / "checkpoints" / f"step-{step}", accelerator)
     bar.close()
     final_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
-    if writer is not None:
-        if final_eval is not None:
-            writer.add_scalar("eval/loss", final_eval, step)
-        writer.close()
+    if final_eval is not None:
+        trackers.log({"eval/loss": final_eval}, step)
+    trackers.close()
     if accelerator.is_main_process:
         save_hf_dir(model, tokenizer, out / "final", accelerator, overwrite=bool(cfg.overwrite))
         write_card(out / "final", policy_card(algorithm="sft", base_model=cfg.model.name_or_path or "tiny", config=cfg,

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from finegrained.rewards import rule_based
-from finegrained.rewards.scorer import RewardScorer, has_non_finite
+from finegrained.rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "reward" / "rule_based.yaml"
 
@@ -78,7 +78,9 @@ def test_nan_helpers():
         {"categories": {"bad": {"kind": "preference", "granularity": "sequence",
                                 "judge": {"_target_": "finegrained.rewards.rule_based.always_nan"}}}}
     )  # fmt: skip
-    assert has_non_finite(scorer(["p"], ["x"])) == "bad"
+    # a judge that returns NaN is an error of the scorer itself, naming the category (never a reward)
+    with pytest.raises(NonFiniteJudgementError, match="category 'bad'"):
+        scorer(["p"], ["x"])
 
 
 def test_shipped_rule_based_config_scores_the_planted_rules():
@@ -102,3 +104,13 @@ def test_shipped_rule_based_config_scores_the_planted_rules():
     assert printable.rewards[0] == [1.0] and printable.rewards[2][0] < 0.5
     assert all(len(c.rewards[3]) == (1 if c.kind == "preference" else 0) for c in b.categories.values())
     assert has_non_finite(b) is None
+
+
+def test_rule_judges_can_segment_by_the_papers_rule():
+    from finegrained.rewards.scorer import parse_segmentation
+
+    paper = parse_segmentation({"rule": "paper", "min_words": 2})
+    assert (paper.rule, paper.split_after) == ("paper", ",;!?")  # the paper's rule does not split after ':'
+    assert parse_segmentation({}).split_after == ",;:!?"
+    with pytest.raises(Exception, match="reward.segmentation.rule"):
+        parse_segmentation({"rule": "papr"})

@@ -54,7 +54,7 @@ from pathlib import Path
 
 from ..errors import FinegrainedError
 from ..rl.types import CategoryRewards, RewardBreakdown
-from ..schema import GRANULARITIES, SegmentationConfig
+from ..schema import DEFAULT_SPLIT_AFTER, GRANULARITIES, SUB_SENTENCE_RULES, SegmentationConfig
 from ..segment import get_segmenter, sequence_span
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,13 @@ def parse_segmentation(raw: Mapping | None) -> SegmentationConfig:
     if raw is not None and not isinstance(raw, Mapping):
         raise FinegrainedError(f"reward.segmentation: expected a mapping, got {raw!r}")
     raw = dict(raw or {})
-    unknown = set(raw) - {"sentence", "split_after", "min_words", "language"}
+    unknown = set(raw) - {"sentence", "split_after", "min_words", "language", "rule"}
     if unknown:
         raise FinegrainedError(f"reward.segmentation: unknown key(s) {sorted(unknown)}")
+    rule = raw.get("rule", "finegrained")
+    if rule not in SUB_SENTENCE_RULES:
+        raise FinegrainedError(f"reward.segmentation.rule: {rule!r}: must be one of {', '.join(SUB_SENTENCE_RULES)}")
+    raw.setdefault("split_after", DEFAULT_SPLIT_AFTER[rule])  # the rule's own default, as in a schema
     return SegmentationConfig(**raw)
 
 

@@ -35,6 +35,8 @@ from ..errors import FinegrainedError
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..model_card import reward_model_card, write_card
 from ..schema import Category, SegmentationConfig
+from ..trackers import DEFAULT as DEFAULT_TRACKERS
+from ..trackers import Trackers, check_installed, report_to_of
 from .context import PromptView
 from .evaluate import SCHEMA_COPY, evaluate_preference_judge, evaluate_span_judge, format_metrics_table
 from .inference import FORMAT_VERSION, METADATA_FILE, METRICS_FILE, RewardModelJudge
@@ -368,34 +370,22 @@ def _preference_training_items(tokenizer, pairs: Sequence[PreferencePair], view:
     return [(c.input_ids, r.input_ids) for c, r in zip(chosen, rejected)], {"completion_truncated": cut}
 
 
-class NullWriter:
-    """Stands in for a ``SummaryWriter`` on processes that write nothing."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @contextmanager
-def main_process_output(accelerator, output_dir: Path) -> Iterator[tuple[Path | None, Any]]:
-    """``(temporary directory, tensorboard writer)`` on the main process, which writes ``output_dir``
-    atomically when the block ends; ``(None, NullWriter())`` on the other processes (under DDP every
-    process trains, one writes)."""
-    from torch.utils.tensorboard import SummaryWriter
-
+def main_process_output(accelerator, output_dir: Path, report_to=DEFAULT_TRACKERS, config: dict | None = None
+                        ) -> Iterator[tuple[Path | None, Trackers]]:  # fmt: skip
+    """``(temporary directory, trackers)`` on the main process, which writes ``output_dir`` atomically when
+    the block ends (tensorboard events and any local tracker store inside it, ``finegrained.trackers``);
+    ``(None, disabled trackers)`` on the other processes (under DDP every process trains, one writes)."""
     if not accelerator.is_main_process:
-        yield None, NullWriter()
+        yield None, Trackers.disabled()
         return
     for path in remove_stale_temporaries(output_dir.parent, re.escape(output_dir.name)):
         log(f"cleared {path}, left by an interrupted write of {output_dir}")
     with atomic_directory(output_dir, overwrite=True) as tmp:
-        writer = SummaryWriter(log_dir=str(tmp / "tb"))
-        try:
-            yield tmp, writer
-        finally:
-            writer.close()
+        with Trackers(report_to, tmp, run_name=output_dir.name) as trackers:
+            if config is not None:
+                trackers.log_config(config)
+            yield tmp, trackers
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, loss: torch.Tensor, max_grad_norm,
@@ -422,14 +412,13 @@ class BestCheckpoint:
     scored higher, returning the metrics of the weights kept (with their ``step``).
     """
 
-    def __init__(self, accelerator, model, evaluate, metric: str, writer):
-        self.accelerator, self.model, self.evaluate, self.metric, self.writer = accelerator, model, evaluate, metric, writer
+    def __init__(self, accelerator, model, evaluate, metric: str, trackers: Trackers):
+        self.accelerator, self.model, self.evaluate, self.metric, self.trackers = accelerator, model, evaluate, metric, trackers
         self.best: tuple[float, dict, dict] | None = None  # (metric value, metrics, cpu state dict)
 
     def check(self, step: int) -> None:
         metrics = self.evaluate()
-        for k, v in metrics.items():
-            self.writer.add_scalar(f"eval/{k}", v, step)
+        self.trackers.log({f"eval/{k}": v for k, v in metrics.items()}, step)
         if self.best is None or metrics[self.metric] > self.best[0]:
             state = {k: v.detach().cpu().clone() for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
             self.best = (metrics[self.metric], {**metrics, "step": step}, state)
@@ -451,6 +440,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
     from ..progress import Progress
     from ..schema import load_schema
 
+    check_installed(report_to_of(cfg))  # a tracker asked for and missing stops the run before any work
     if cfg.get("categories"):
         if cfg.get("category"):
             raise FinegrainedError("finegrained train-rm: give category=<name> (one model) or categories=[...] "
@@ -604,8 +594,8 @@ def train_reward_model(cfg) -> dict[str, Any]:
             return evaluate_span_judge(judge, eval_data)
         return evaluate_preference_judge(judge, eval_data)
 
-    with main_process_output(accelerator, output_dir) as (tmp, writer):
-        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
+    with main_process_output(accelerator, output_dir, report_to_of(cfg), to_container(cfg)) as (tmp, trackers):
+        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, trackers)
         step = 0
         model.train()
         progress = Progress(total_steps, f"train-rm {category.name}", bar=bool(tcfg.get("progress", True)),
@@ -623,8 +613,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
                     loss = bradley_terry_loss(scores[:half], scores[half:])
                 optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"), step + 1)
                 step += 1
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                trackers.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step)
                 progress.update(1, loss=round(loss.item(), 4), epoch=epoch)
                 if eval_every and step % eval_every == 0 and step < total_steps:
                     checkpoints.check(step)
@@ -641,9 +630,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
             metadata["normalisation"] = normalisation_stats(scores)
         metrics = {**metrics, "evaluated_on": eval_source, "n_train_examples": len(items), **counts}
         metadata["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)):
-                writer.add_scalar(f"final/{k}", v, step)
+        trackers.log({f"final/{k}": v for k, v in metadata["metrics"].items()}, step)
         if tmp is not None:
             save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
     if accelerator.is_main_process:

@@ -33,6 +33,7 @@ from ..config_checks import warn_if_one_class
 from ..errors import FinegrainedError
 from ..io import atomic_directory
 from ..schema import Category
+from ..trackers import report_to_of
 from .context import PromptView, joint_prompt_view
 from .evaluate import evaluate_joint_span_judge, evaluate_preference_judge, format_metrics_table
 from .inference import FORMAT_VERSION, JOINT_KIND
@@ -457,8 +458,8 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
         }  # fmt: skip
 
     device = accelerator.device
-    with main_process_output(accelerator, output_dir) as (tmp, writer):
-        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, writer)
+    with main_process_output(accelerator, output_dir, report_to_of(cfg), to_container(cfg)) as (tmp, trackers):
+        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, trackers)
         model.train()
         names = ", ".join(c.name for c in categories)
         progress = Progress(total_steps, f"train-rm {names}", bar=bool(tcfg.get("progress", True)), enabled=accelerator.is_main_process)
@@ -472,10 +473,8 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
                 {k: (a.to(device), b.to(device)) for k, (a, b) in batch["pair_rows"].items()}, weights,
             )  # fmt: skip
             optimizer_step(accelerator, model, optimizer, scheduler, loss, tcfg.get("max_grad_norm"), step)
-            writer.add_scalar("train/loss", loss.item(), step)
-            for name, value in parts.items():
-                writer.add_scalar(f"train/loss_{name}", value, step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            trackers.log({"train/loss": loss.item(), **{f"train/loss_{name}": value for name, value in parts.items()},
+                          "train/lr": scheduler.get_last_lr()[0]}, step)  # fmt: skip
             progress.update(1, loss=round(loss.item(), 4), epoch=(step - 1) // steps_per_epoch)
             if eval_every and step % eval_every == 0 and step < total_steps:
                 checkpoints.check(step)
@@ -495,8 +494,7 @@ def train_joint_reward_model(cfg) -> dict[str, Any]:
                    "n_train_pairs": {k: len(v) for k, v in pair_items.items()}, **counts}
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         metadata["metrics"] = numbers
-        for k, v in numbers.items():
-            writer.add_scalar(f"final/{k}", v, total_steps)
+        trackers.log({f"final/{k}": v for k, v in numbers.items()}, total_steps)
         if tmp is not None:
             save_reward_model(tmp, unwrapped, tokenizer, metadata, metrics, schema.source)
     if accelerator.is_main_process:

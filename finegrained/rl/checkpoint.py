@@ -117,13 +117,29 @@ def _alias_groups(module) -> list[list[str]]:
     return list(groups.values())
 
 
+def _adapter_hint(saved, expected) -> str:
+    """Why the names differ when LoRA is the reason: peft's adapter weights are ``...lora_A.<adapter>.weight``
+    (finegrained's own LoRA before peft wrote ``...lora_A``), the wrapped model's ``base_model.model....``."""
+    def has_adapters(names) -> bool:
+        return any(".lora_A." in n for n in names)
+
+    if any(n.endswith(".lora_A") for n in saved):
+        return "; it was written by finegrained's LoRA before peft, which cannot be resumed: pass overwrite=true"
+    if has_adapters(saved) != has_adapters(expected):
+        held = "holds LoRA adapters and this run has none" if has_adapters(saved) else "has no LoRA adapters and this run has"
+        return f"; the checkpoint {held}: resume with the run's own lora.* settings"
+    if has_adapters(saved):
+        return "; LoRA adapters on other layers: resume with the run's own lora.targets"
+    return ""
+
+
 def _check_weights(tensors: dict[str, torch.Tensor], module, what: str, directory: Path) -> None:
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = [group[0] for group in _alias_groups(module) if not any(name in tensors for name in group)]
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{directory}: {what} weights do not match this run's model "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}){_adapter_hint(tensors, expected)}")
     wrong = [k for k in tensors if tuple(tensors[k].shape) != expected[k]]
     if wrong:
         raise CheckpointError(f"{directory}: {what} tensor {wrong[0]!r} has shape {tuple(tensors[wrong[0]].shape)}, "

@@ -8,7 +8,8 @@
   resumed before its first checkpoint would initialise its value head (and LoRA adapters) differently
   from the uninterrupted run.
 - The reference policy is a frozen copy of the initial policy (eval mode, no gradients); with LoRA
-  (``lora.r > 0``, ``finegrained.rl.lora``) it is instead the policy itself with its adapters switched off.
+  (``lora.r > 0``, ``finegrained.rl.lora``: a ``peft.PeftModel``) it is instead the policy itself inside
+  ``policy.disable_adapter()``.
 - The value model is either separate (``value.shared=false``: the policy's trunk copied, or a reward-model
   backbone directory, plus a scalar head) or a scalar head on the policy's own trunk (``value.shared=true``).
 """

@@ -9,7 +9,7 @@ One iteration, as the code below reads:
 4. ref/value log-probs under the policy and the frozen reference, values; per-token KL penalty;
 5. advantage GAE (gamma, lambda), optional reward (scale-only) and advantage whitening;
 6. update    PPO epochs over minibatches: clipped policy loss, clipped value loss;
-7. log       tensorboard, progress bar, checkpoints.
+7. log       trackers (``log.report_to``: tensorboard, mlflow, wandb), progress bar, checkpoints.
 
 Launching on several devices (the output directory is resolved before processes start)::
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..config import compose_from_argv, log, save_config
+from ..config import compose_from_argv, log, save_config, to_container
 from ..errors import FinegrainedError
 from ..generation import check_local_source, fit_prompts, prompt_token_budget
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
@@ -42,9 +42,10 @@ from ..progress import Progress
 from ..model_card import policy_card, write_card
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
+from ..trackers import Trackers, check_installed, report_to_of
 from . import functional as F
 from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
-from .lora import adapters_disabled, add_adapters, count_parameters, merge_adapters_
+from .lora import add_adapters
 from .policy import build_policy, build_value_model, frozen_copy
 from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
 from .types import Trajectory
@@ -91,6 +92,7 @@ class PPOTrainer:
         cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
         self.is_main = self.accelerator.is_main_process
+        check_installed(report_to_of(cfg))  # before any model is built
         if self.is_main:
             self._remove_interrupted_writes()
         self._check_output_dir()
@@ -106,12 +108,12 @@ class PPOTrainer:
         self.prompt_budget = self._fit_prompts(records, policy, value)
         if cfg.lora.r:
             # LoRA: the policy's weights stay frozen; the reference is the policy with its adapters off.
-            adapted = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
-            if cfg.gradient_checkpointing:
-                policy.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+            # (peft makes the input embeddings require grad when gradient checkpointing is on)
+            policy = add_adapters(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
             self.reference = None
-            trainable, total = count_parameters(policy)
-            log(f"[ppo] LoRA r={cfg.lora.r} on {len(adapted)} layers: {trainable:,} of {total:,} policy parameters train")
+            trainable, total = policy.get_nb_trainable_parameters()
+            n_layers = len(policy.peft_config["default"].target_modules)
+            log(f"[ppo] LoRA r={cfg.lora.r} (peft) on {n_layers} layers: {trainable:,} of {total:,} policy parameters train")
         else:
             self.reference = frozen_copy(policy).to(self.accelerator.device)
         # Every policy log-prob (rollout and PPO epochs) under the sampling distribution; the reference's
@@ -140,13 +142,14 @@ class PPOTrainer:
         self.data_position = 0
         if cfg.resume:
             self._resume()
-        self.writer = None
         if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=self.iteration + 1 if self.iteration else None)
+        # main process only; a resumed run rewrites tensorboard from its next iteration and continues the
+        # MLflow / W&B runs it started
+        self.trackers = Trackers(report_to_of(cfg), self.out, run_name=self.out.name, enabled=self.is_main,
+                                 purge_step=self.iteration + 1 if self.iteration else None, resume=bool(self.iteration))  # fmt: skip
+        self.trackers.log_config(to_container(cfg))
 
     # -- set-up helpers ------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -220,7 +223,7 @@ class PPOTrainer:
         dist = self.reference_distribution
         if self.reference is not None:
             return policy_forward(self.reference, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
-        with adapters_disabled(self.accelerator.unwrap_model(self.policy)):
+        with self.accelerator.unwrap_model(self.policy).disable_adapter():  # LoRA: the reference is adapters-off
             return policy_forward(self.policy, ids, mask, position_ids, prompt_length, response_ids, distribution=dist)[0]
 
     def _checkpoint_note(self, weights_failed: bool = False) -> str:
@@ -436,15 +439,15 @@ class PPOTrainer:
 
     # -- outputs ---------------------------------------------------------------------------------------
     def log_stats(self, stats: dict) -> None:
-        if self.writer is None:
+        """The iteration's statistics (and every ``log.samples_every`` iterations a few samples) to every tracker."""
+        if not self.trackers.active:
             return
-        for key, value in stats.items():
-            self.writer.add_scalar(key, value, self.iteration)
+        self.trackers.log(stats, self.iteration)
         every = self.cfg.log.samples_every
         if every and self.iteration % every == 0:
             prompts, texts, breakdown = self._last
-            self.writer.add_text("samples", format_samples(prompts, texts, breakdown, self.cfg.log.n_samples), self.iteration)
-        self.writer.flush()
+            self.trackers.log_text("samples", format_samples(prompts, texts, breakdown, self.cfg.log.n_samples), self.iteration)
+        self.trackers.flush()
 
     def save_checkpoint(self) -> None:
         self.accelerator.wait_for_everyone()
@@ -479,7 +482,7 @@ class PPOTrainer:
         if self.is_main:
             policy = self.accelerator.unwrap_model(self.policy)
             if self.cfg.lora.r:
-                merge_adapters_(policy)  # final/ is a plain HF model: adapters folded into the weights
+                policy = policy.merge_and_unload()  # final/ is a plain HF model: adapters folded into the weights
             with atomic_directory(self.out / "final", overwrite=True) as tmp:
                 save_pretrained_dir(tmp, policy, self.tokenizer)
                 write_card(tmp, policy_card(algorithm="ppo", base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg,
@@ -492,6 +495,16 @@ class PPOTrainer:
         return {"iterations": self.iteration, "last_mean_score_reward": sum(scores) / len(scores) if scores else None}
 
     def train(self) -> dict:
+        """Iterations up to ``ppo.iterations``, checkpoints, final/; the trackers are closed however it ends."""
+        try:
+            stats = self._train()
+        except BaseException:
+            self.trackers.close(failed=True)
+            raise
+        self.trackers.close()
+        return stats
+
+    def _train(self) -> dict:
         cfg = self.cfg
         total = cfg.ppo.iterations
         if self.is_main:
@@ -506,8 +519,6 @@ class PPOTrainer:
                 self.save_checkpoint()
         bar.close()
         self.save_final()
-        if self.writer is not None:
-            self.writer.close()
         return stats
 
 
