@@ -375,6 +375,7 @@ SFT = {
     "model.n_head": Int("tiny model: attention heads (must divide n_embd)", low=1),
     "model.n_positions": Int("tiny model: longest prompt + completion in tokens", low=1),
     "model.vocab_size": Int("tiny model: tokenizer size, trained on the corpus", low=1),
+    "model.dropout": Float("tiny model: embedding, attention and residual dropout (GPT-2's 0.1)", low=0, below=1),
     "train.epochs": Int("passes over the training pairs", low=1),
     "train.batch_size": Int("pairs per step", low=1),
     "train.lr": Float("learning rate", above=0),

@@ -63,7 +63,7 @@ def build_model(cfg: DictConfig, texts: list[str]):
     tokenizer = train_tokenizer(texts, vocab_size=cfg.model.vocab_size)
     model = tiny_causal_lm(
         tokenizer, n_layer=cfg.model.n_layer, n_embd=cfg.model.n_embd, n_head=cfg.model.n_head,
-        n_positions=cfg.model.n_positions, seed=cfg.seed,
+        n_positions=cfg.model.n_positions, seed=cfg.seed, dropout=cfg.model.dropout,
     )  # fmt: skip
     return model, tokenizer
 

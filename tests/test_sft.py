@@ -27,6 +27,22 @@ def test_labels_mask_the_prompt_and_keep_eos():
     assert (batch["labels"][batch["attention_mask"] == 0] == sft.IGNORE_INDEX).all()
 
 
+def test_model_dropout_reaches_the_policy_config():
+    from finegrained.models.tiny import tiny_causal_lm
+
+    tok = train_tokenizer(["question: a b c answer: x y z"] * 20, vocab_size=300)
+    default = sft.compose_from_argv("sft", [])
+    assert default.model.dropout == 0.1  # GPT-2's own default: the full demo's SFT is unchanged
+    cfg = sft.compose_from_argv("sft", ["model.dropout=0.0", "model.n_layer=1", "model.n_embd=32"])
+    model, _ = sft.build_model(cfg, ["question: a b c answer: x y z"] * 20)
+    assert (model.config.embd_pdrop, model.config.attn_pdrop, model.config.resid_pdrop) == (0.0, 0.0, 0.0)
+    model.train()  # without dropout, training mode is deterministic
+    ids = tok("question: a b c", return_tensors="pt").input_ids
+    assert (model(ids).logits == model(ids).logits).all()
+    dropped = tiny_causal_lm(tok, n_layer=1, n_embd=32, seed=0).train()
+    assert not (dropped(ids).logits == dropped(ids).logits).all()
+
+
 def test_short_sft_run_lowers_eval_loss_and_writes_final(tmp_path):
     out = tmp_path / "sft"
     argv = [f"output_dir={out}", "data.n_train=128", "data.n_eval=16", "train.epochs=4", "train.batch_size=16", "train.lr=5e-3",

@@ -56,8 +56,10 @@ def tiny_causal_lm(
     n_head: int = 4,
     n_positions: int = 512,
     seed: int | None = None,
+    dropout: float = 0.1,
 ):
-    """A randomly initialised GPT-2 causal LM sized to ``tokenizer``."""
+    """A randomly initialised GPT-2 causal LM sized to ``tokenizer``; ``dropout`` applies to embeddings,
+    attention and residuals (0.1 is GPT-2's own default)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -72,6 +74,9 @@ def tiny_causal_lm(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        resid_pdrop=dropout,
     )
     return GPT2LMHeadModel(config)
 
