@@ -69,8 +69,19 @@ def run_command(module_main, overrides: list[str], what: str) -> None:
 
 # 1. SFT ---------------------------------------------------------------------------------------------
 def stage_sft(cfg: DictConfig, out: Path) -> Path:
+    """The SFT policy: ``sft_policy`` when set (``shipped``: the package's copy of the full demo's stage 1),
+    else ``out/sft/final``, trained unless it is already there."""
     from . import sft
 
+    given = cfg.get("sft_policy")
+    if given:
+        from .paths import SHIPPED_SFT_DIR
+
+        policy = SHIPPED_SFT_DIR if given == "shipped" else Path(str(given))
+        if not (policy / "config.json").is_file():
+            raise FinegrainedError(f"sft_policy={given}: {policy} is not a policy directory (no config.json)")
+        log(f"[demo] SFT policy: {policy} (not trained here)")
+        return policy
     final = out / "sft" / "final"
     if not final.is_dir():
         run_command(sft.main, [f"output_dir={out / 'sft'}", "seed=0", *cfg.sft_overrides], "SFT of the tiny policy")

@@ -428,6 +428,8 @@ DEMO = {
     "label_noise": Float("probability that a simulated annotator flips a judgement", low=0, high=1),
     "shared_rm": Bool("also a joint reward model on one backbone and a fine-grained PPO run with it"),
     "sft_overrides": Setting("overrides of the SFT stage", "list", overrides_for="sft"),
+    "sft_policy": Str("start from this trained SFT policy directory instead of stage 1; `shipped`: the one the "
+                      "package ships (the full demo's seed-0 SFT policy); null: train it", nullable=True),
     "n_annotation_prompts": Int("prompts sampled from the SFT policy and annotated", low=1),
     "samples_per_prompt": Int("answers per annotated prompt (two give one preference pair)", low=2),
     "rm_overrides": Setting("overrides of every reward-model stage", "list", overrides_for="train_rm"),

@@ -49,3 +49,24 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     # and a plain call afterwards reports its own three policies again
     assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
     assert set(json.loads((tmp_path / "results.json").read_text())["policies"]) == {"sft", "holistic", "fine_grained"}
+
+
+def test_quick_starts_from_the_shipped_sft_policy(tmp_path):
+    from finegrained.generation import generate, load_policy
+    from finegrained.paths import SHIPPED_SFT_DIR
+    from finegrained.tasks import synthetic_qa
+
+    cfg = demo_quick_config()
+    assert cfg.sft_policy == "shipped"
+    assert demo.stage_sft(cfg, tmp_path) == SHIPPED_SFT_DIR and not (tmp_path / "sft").exists()
+    model, tokenizer = load_policy(str(SHIPPED_SFT_DIR))  # checked like any policy directory
+    records = synthetic_qa.prompts("eval", n=16, seed=3)
+    answers = [g.completion for g in generate(model, tokenizer, [r["prompt"] for r in records], max_new_tokens=64)]
+    rates = synthetic_qa.oracle_error_rates([r["prompt"] for r in records], answers)
+    assert rates["total_error_rate"] < 0.3  # a policy that copies facts (an untrained one errs on most answers)
+
+
+def demo_quick_config():
+    from finegrained.config import compose
+
+    return compose("demo", ["scale=quick"])
