@@ -10,9 +10,22 @@ from finegrained import demo
 from finegrained.plots import read_scalars
 
 
+# Smaller than `demo quick` itself, so that the test stays fast, and with its own SFT stage (quick starts
+# from the shipped policy): every stage still runs and leaves its outputs.
+TINY = [
+    "sft_policy=null",
+    'sft_overrides=["data.n_train=1000","data.n_eval=50","train.epochs=3","train.lr=3e-3"]',
+    "n_annotation_prompts=64",
+    'rm_overrides=["train.epochs=2"]',
+    "ppo_iterations=3",
+    'ppo_overrides=["ppo.batch_size=16","ppo.minibatch_size=8","ppo.epochs=1","checkpoint.every=0"]',
+    "n_eval_prompts=24",
+]
+
+
 @pytest.mark.slow
 def test_demo_quick_runs_every_stage(tmp_path, capsys):
-    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == [0]
     assert {"torch", "transformers", "tokenizers"} <= set(results["versions"])
@@ -32,11 +45,11 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert {"rewards/relevance/mean", "rewards/factuality/mean", "rewards/completeness/mean", "oracle/total_error_rate"} <= set(scalars)
     assert "fine-grained PPO has a lower oracle total error rate than holistic PPO on" in capsys.readouterr().out
     # a second call finds every stage complete and only re-aggregates
-    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     # shared_rm=true on the finished demo adds a reward model on one backbone and a PPO run judged by it,
     # and re-evaluates; the earlier policies' figures do not move (each policy samples with the same seed)
     capsys.readouterr()
-    assert demo.main(["quick", f"output_dir={tmp_path}", "shared_rm=true"]) == 0
+    assert demo.main(["quick", f"output_dir={tmp_path}", "shared_rm=true", *TINY]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert set(again["policies"]) == {"sft", "holistic", "fine_grained", "fine_grained_shared"}
     for name in ("sft", "holistic", "fine_grained"):
@@ -47,7 +60,7 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert run_config.count(str(tmp_path / "rm" / "joint")) == 3
     assert "with the shared-backbone reward model" in capsys.readouterr().out
     # and a plain call afterwards reports its own three policies again
-    assert demo.main(["quick", f"output_dir={tmp_path}"]) == 0
+    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     assert set(json.loads((tmp_path / "results.json").read_text())["policies"]) == {"sft", "holistic", "fine_grained"}
 
 
