@@ -13,7 +13,6 @@ import pytest
 from finegrained import cli, sample
 from finegrained.convert import label_studio as ls
 from finegrained.errors import FinegrainedError, InputError
-from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
 from finegrained.schema import load_schema
 
 SCHEMA = load_schema("qa_feedback")
@@ -314,13 +313,6 @@ def test_label_studio_parses_the_generated_configs_and_our_export():
 
 
 # ----------------------------------------------------------------------------------------- sample
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy")
-    tok = train_tokenizer(["facts: Bora is a town. question: what is Bora?"] * 30, vocab_size=300)
-    tiny_causal_lm(tok, n_layer=1, n_embd=32, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_sample_writes_label_studio_tasks_and_their_config(policy_dir, tmp_path, capsys):

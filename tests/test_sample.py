@@ -9,17 +9,9 @@ import pytest
 from finegrained import sample
 from finegrained.app.store import load_items
 from finegrained.errors import FinegrainedError, InputError
-from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
 from finegrained.schema import load_schema
 
 
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("policy")
-    tok = train_tokenizer(["facts: Bora is a town. question: what is Bora?"] * 30, vocab_size=300)
-    tiny_causal_lm(tok, n_layer=1, n_embd=32, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_sample_writes_annotation_ready_records(policy_dir, tmp_path):
