@@ -161,7 +161,7 @@ def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
     (B, P + T) sequences) and ``update`` (forward, backward and optimizer step per minibatch and epoch, with
     the LM head only over the response positions, as the trainer does), and their ``total``.
     """
-    from .generation import encode_prompts
+    from .rl.generation import encode_prompts
     from .rl.functional import logprobs_from_logits
     from .rl.rollout import joint_inputs
 

@@ -15,27 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config_checks import compose  # noqa: F401  (composition without the checks; lives below them)
 from .errors import FinegrainedError
-from .paths import CONF_DIR
-
-
-def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; bad overrides become user errors."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise FinegrainedError(f"finegrained {config_name.replace('_', '-')}: bad configuration: {e}") from None
-    finally:
-        GlobalHydra.instance().clear()
-    return cfg
 
 
 CFG_CHOICES = ("job", "hydra", "all")

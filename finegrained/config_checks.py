@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import InputError, Problem
+from .errors import FinegrainedError, InputError, Problem
 from .paths import CONF_DIR
 from .settings import COMMANDS, Command, Setting, show_value
 
@@ -113,10 +113,27 @@ def node_paths(container, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield from node_paths(v, path + ".")
 
 
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides; bad overrides become user errors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise FinegrainedError(f"finegrained {config_name.replace('_', '-')}: bad configuration: {e}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
 @functools.lru_cache(maxsize=64)
 def _composed(config_name: str, overrides: tuple[str, ...]) -> DictConfig:
-    from .config import compose
-
     return compose(config_name, overrides)
 
 
@@ -274,7 +291,6 @@ def _check_nested(config_name: str, key: str, target: str, overrides: list[str])
 def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with the command line, refusing unknown keys and bad values
     (every problem at once, as one ``InputError``)."""
-    from .errors import FinegrainedError
 
     read = read_overrides(config_name, expand_words(command_spec(config_name), argv))
     # With problems already found, carry on with what is left to name every other problem too.
@@ -289,7 +305,6 @@ def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
 
 def _compose_or_none(config_name: str, overrides: list[str], quiet: bool) -> DictConfig | None:
     """The composed config without the bad group choices; None if Hydra still refuses it and ``quiet``."""
-    from .errors import FinegrainedError
 
     try:
         return compose_cached(config_name, [o for o in overrides if not _bad_group(config_name, o)])
@@ -309,7 +324,6 @@ def _bad_group(config_name: str, text: str) -> bool:
 def render_help(config_name: str, argv: Sequence[str] = ()) -> str:
     """``--help``: usage, examples, this command's groups, and every key of the composed config (with the
     group choices on the command line) with its default, what is allowed and one line of description."""
-    from .errors import FinegrainedError
 
     command = command_spec(config_name)
     read = read_overrides(config_name, expand_words(command, argv))

@@ -91,7 +91,7 @@ def stage_sft(cfg: DictConfig, out: Path) -> Path:
 # 2. Sample and annotate -----------------------------------------------------------------------------
 def stage_annotate(cfg: DictConfig, out: Path, policy_dir: Path) -> dict[str, Path]:
     from .data import validate_file
-    from .generation import generate, load_policy
+    from .rl.generation import generate, load_policy
     from .schema import load_schema
     from .tasks import synthetic_qa as task
 

@@ -48,7 +48,7 @@ def evaluate_policies(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg``; returns the eval.json content."""
     from hydra.utils import instantiate
 
-    from .generation import fit_prompts, generate, load_policy, prompt_token_budget, response_kl
+    from .rl.generation import fit_prompts, generate, load_policy, prompt_token_budget, response_kl
 
     policies: dict[str, str] = dict(cfg.policies or {})
     if not policies:

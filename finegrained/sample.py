@@ -32,7 +32,7 @@ import argparse
 from pathlib import Path
 
 from .errors import FinegrainedError
-from .generation import TRUNCATE_RULES
+from .rl.generation import TRUNCATE_RULES
 from .io import atomic_write_jsonl
 
 OUTPUT_FORMATS = ("jsonl", "label-studio")
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     records = read_prompts(args.prompts, args.prompt_column, args.id_column)  # checked before the (slow) model load
     config_xml = label_studio_config(args) if args.format == "label-studio" else None  # schema checked early too
     from .evaluate import pick_device
-    from .generation import fit_prompts, generate, load_policy, prompt_token_budget
+    from .rl.generation import fit_prompts, generate, load_policy, prompt_token_budget
 
     model, tokenizer = load_policy(args.policy, pick_device(args.device), option="--policy")
     budget = prompt_token_budget([model], args.max_new_tokens)

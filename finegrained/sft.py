@@ -73,7 +73,7 @@ def encode_example(tokenizer, prompt: str, completion: str, max_length: int,
     """Input ids and labels (-100 on the prompt); a prompt too long is cut by ``truncate`` (``left``: keep its
     last tokens, ``right``: its first; ``finegrained.generation.cut_prompt_ids``).
     None when the completion alone does not fit."""
-    from .generation import cut_prompt_ids
+    from .rl.generation import cut_prompt_ids
 
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]

@@ -24,7 +24,7 @@ sys.path.insert(0, ".")  # run from a checkout without installing
 
 from finegrained.models.tiny import train_tokenizer  # noqa: E402
 from finegrained.rewards.placement import decode_with_offsets, place_rewards  # noqa: E402
-from finegrained.rl.types import CategoryRewards, RewardBreakdown  # noqa: E402
+from finegrained.rewards.types import CategoryRewards, RewardBreakdown  # noqa: E402
 
 _WORDS = ("the a river city answer because however people year famous first large old new team song film "
           "book war king north island music history water Paris 1969 3,000 café naïve 日本 😀").split()

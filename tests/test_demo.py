@@ -65,7 +65,7 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
 
 
 def test_quick_starts_from_the_shipped_sft_policy(tmp_path):
-    from finegrained.generation import generate, load_policy
+    from finegrained.rl.generation import generate, load_policy
     from finegrained.paths import SHIPPED_SFT_DIR
     from finegrained.tasks import synthetic_qa
 

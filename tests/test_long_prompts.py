@@ -9,7 +9,7 @@ import torch
 
 from finegrained import evaluate, sample
 from finegrained.errors import InputError
-from finegrained.generation import encode_prompts, fit_prompts, prompt_token_budget
+from finegrained.rl.generation import encode_prompts, fit_prompts, prompt_token_budget
 from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
 
 N_POSITIONS = 64
@@ -137,7 +137,7 @@ def test_reward_models_never_read_past_their_positions(tmp_path):
 def test_right_rule_keeps_the_start_of_the_prompt(short_policy):
     from transformers import AutoTokenizer
 
-    from finegrained.generation import TRUNCATE_RULES, cut_prompt_ids
+    from finegrained.rl.generation import TRUNCATE_RULES, cut_prompt_ids
     from finegrained.settings import TASK
 
     assert TASK["truncate"].choices == TRUNCATE_RULES  # task.truncate accepts exactly what the code applies
@@ -163,7 +163,7 @@ def test_right_rule_in_generation_rollout_and_kl(short_policy):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finegrained.generation import generate, prepare_tokenizer, response_kl
+    from finegrained.rl.generation import generate, prepare_tokenizer, response_kl
     from finegrained.rl.rollout import sample_responses
 
     tok = AutoTokenizer.from_pretrained(short_policy)

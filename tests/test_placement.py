@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from finegrained.models.tiny import train_tokenizer
 from finegrained.rewards.placement import DecodedResponse, decode_with_offsets, place_rewards
-from finegrained.rl.types import CategoryRewards, RewardBreakdown
+from finegrained.rewards.types import CategoryRewards, RewardBreakdown
 
 CORPUS = ["Bora is a town, and it has 3 bridges.", "Ünïcode wörds: café, naïve, 日本語のテキスト 😀👍🏽 e\u0301"] * 30
 

@@ -26,7 +26,7 @@ from test_reward_models import write_jsonl, zebra_span_records
 from finegrained import cli
 from finegrained.config import compose
 from finegrained.errors import FinegrainedError
-from finegrained.generation import load_policy
+from finegrained.rl.generation import load_policy
 from finegrained.io import DiskFullError, atomic_directory, atomic_write_json, remove_stale_temporaries
 from finegrained.model_dirs import (
     NonFiniteWeightsError,

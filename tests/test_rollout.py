@@ -9,7 +9,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
 from finegrained.config import compose
-from finegrained.generation import generate, load_policy
+from finegrained.rl.generation import generate, load_policy
 from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
 from finegrained.rl import trainer as ppo
 from finegrained.rl.rollout import joint_inputs, sample_responses

@@ -257,6 +257,13 @@ def preferences_from_scores(
     return out
 
 
+def build_prompt(question: str, passages: list[list[str]]) -> str:
+    """The converter's prompt of a QA-Feedback example (``qa_feedback`` and ``completeness_pairs``):
+    ``question: {q} context: wikipage: {title} text: {sentences joined by spaces} wikipage: ...``."""
+    context = " ".join(f"wikipage: {p[0]} text: {' '.join(p[1:])}" for p in passages)
+    return f"question: {question} context: {context}"
+
+
 def completeness_pairs(
     example: Mapping[str, Any], split_sub_sentences: SubSentenceSplitter, record_id: str = "example",
     prompt: str | None = None, source: Mapping | None = None,
@@ -269,8 +276,6 @@ def completeness_pairs(
     if scored is None:
         return []
     if prompt is None:
-        from .qa_feedback import build_prompt
-
         prompt = build_prompt(example["question"], example["passages"])
     predictions = [example[f"prediction {k}"] for k in (1, 2, 3, 4)]
     return preferences_from_scores(scored, predictions, prompt, record_id, source)

@@ -59,6 +59,7 @@ from .completeness import (  # PAIRS: the prediction pairs the six ``preference`
     PAIRS,
     MalformedExample,
     SubSentenceSplitter,
+    build_prompt,
     preferences_from_scores,
     schema_sub_sentence_splitter,
     score_predictions,
@@ -94,12 +95,6 @@ class ConversionStats:
         if self.identical_pairs_dropped:
             out.append(f"dropped {self.identical_pairs_dropped} non-tie comparison(s) of two identical predictions")
         return out
-
-
-def build_prompt(question: str, passages: list[list[str]]) -> str:
-    """``question: {q} context: wikipage: {title} text: {sentences joined by spaces} wikipage: ...``."""
-    context = " ".join(f"wikipage: {p[0]} text: {' '.join(p[1:])}" for p in passages)
-    return f"question: {question} context: {context}"
 
 
 def split_name(path: Path) -> str:

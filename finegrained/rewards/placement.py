@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..rl.types import RewardBreakdown
+from .types import RewardBreakdown
 
 
 @dataclass

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FinegrainedError
-from ..rl.types import CategoryRewards, RewardBreakdown
+from .types import CategoryRewards, RewardBreakdown
 from ..schema import DEFAULT_SPLIT_AFTER, GRANULARITIES, SUB_SENTENCE_RULES, SegmentationConfig
 from ..segment import get_segmenter, sequence_span
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..errors import FinegrainedError
-from ..generation import prepare_tokenizer
+from .generation import prepare_tokenizer
 from .checkpoint import rng_state, set_rng_state
 
 RNG_STATE_FILE = "finegrained_rng_state.pt"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..generation import encode_prompts, generate_ids, generation_settings
+from .generation import encode_prompts, generate_ids, generation_settings
 from .functional import sampling_logprobs_and_entropy
 
 

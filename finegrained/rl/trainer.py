@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from ..config import compose_from_argv, log, save_config, to_container
 from ..errors import FinegrainedError
-from ..generation import check_local_source, fit_prompts, prompt_token_budget
+from .generation import check_local_source, fit_prompts, prompt_token_budget
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
 from ..progress import Progress

@@ -161,7 +161,7 @@ def load_dataset_split(path: str, name: str | None, data_files, split_name: str)
     """``(dataset, source)``: one split of a ``datasets`` dataset, and how problems should name it."""
     import datasets
 
-    from ..generation import check_local_source
+    from ..rl.generation import check_local_source
 
     local = Path(path).expanduser()
     source = f"{path}[{split_name}]"

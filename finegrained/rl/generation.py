@@ -46,8 +46,8 @@ class Generation:
 def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
     """A clear "no such directory" for a ``option`` value that looks like a local path and is missing,
     instead of a failed hub connection."""
-    from .errors import FinegrainedError
-    from .model_dirs import looks_like_local_path
+    from ..errors import FinegrainedError
+    from ..model_dirs import looks_like_local_path
 
     if looks_like_local_path(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
         raise FinegrainedError(f"{option}={name_or_path}: no such directory")
@@ -57,8 +57,8 @@ def load_policy(name_or_path: str, device: str | torch.device | None = None, opt
     """A causal LM and its tokenizer from an HF directory or hub id (checked by ``model_dirs.load_causal_lm``:
     a reward model or a broken directory is refused), in eval mode, left padding. ``option`` names the
     setting it came from in error messages (e.g. ``policies.a``)."""
-    from .errors import FinegrainedError
-    from .model_dirs import load_causal_lm
+    from ..errors import FinegrainedError
+    from ..model_dirs import load_causal_lm
 
     if option:
         check_local_source(name_or_path, option)
@@ -91,7 +91,7 @@ def max_positions(model) -> int | None:
 def prompt_token_budget(models: Sequence, max_new_tokens: int) -> int | None:
     """Prompt tokens that still leave room for ``max_new_tokens`` in every model of ``models`` (the policy,
     and any model that reads prompt + response, such as a separate value model); None: no limit."""
-    from .errors import FinegrainedError
+    from ..errors import FinegrainedError
 
     limits = [(m, n) for m in models if (n := max_positions(m)) is not None]
     if not limits:
@@ -129,8 +129,8 @@ def fit_prompts(tokenizer, records: Sequence[dict], budget: int | None, rule: st
     """Check every record's prompt against ``budget`` tokens under ``rule`` (``left`` | ``right`` | ``error``;
     see the module docstring). ``left`` / ``right``: counts and logs the cuts; ``error``: raises
     ``InputError`` naming each record that is too long (``SOURCE: id: ...``)."""
-    from .config import log
-    from .errors import FinegrainedError, InputError, Problem
+    from ..config import log
+    from ..errors import FinegrainedError, InputError, Problem
 
     if rule not in TRUNCATE_RULES:
         raise FinegrainedError(f"truncate={rule!r}: expected one of {', '.join(TRUNCATE_RULES)}")
@@ -247,8 +247,8 @@ def generate(
     """Generate one completion per prompt, batched; deterministic for a fixed ``seed``. Prompts longer
     than the model allows with ``max_new_tokens`` are cut by ``truncate`` (``left``: keep their last tokens,
     ``right``: their first; call ``fit_prompts`` first to count them or refuse them)."""
-    from .progress import Progress
-    from .rewards.placement import decode_with_offsets
+    from ..progress import Progress
+    from ..rewards.placement import decode_with_offsets
 
     device = next(model.parameters()).device
     budget = prompt_token_budget([model], max_new_tokens)
