@@ -15,7 +15,6 @@ annotator is attributed to its file's name.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -24,9 +23,8 @@ from pathlib import Path
 
 from .data import PreferenceRecord, SpanRecord, record_from_json
 from .errors import FinegrainedError, InputError
-from .io import atomic_write_json, atomic_write_jsonl
 from .labels import project_labels
-from .schema import AnnotationSchema, load_schema
+from .schema import AnnotationSchema
 from .segment import get_segmenter
 
 
@@ -253,41 +251,18 @@ def _json_safe(value):
     return value
 
 
-MAX_PRINTED = 20
+def json_report(result: AgreementReport) -> dict:
+    """The figures, ties and disagreements as JSON-ready data (``--json``)."""
+    return _json_safe({"categories": result.categories, "ties": result.ties, "disagreements": result.disagreements})
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="finegrained agreement", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--schema", required=True, help="schema YAML, or a shipped schema name")
-    parser.add_argument("files", nargs="+", type=Path, help="annotation JSONL files (one per annotator, or mixed)")
-    parser.add_argument("--json", type=Path, help="write the figures, ties and disagreements as JSON")
-    parser.add_argument("--merge", type=Path, metavar="OUT",
-                        help="write majority-vote span records to OUT (and preferences to OUT.preferences.jsonl "
-                             "when there are both)")  # fmt: skip
-    args = parser.parse_args(argv)
-    schema = load_schema(args.schema)
-    result = report(args.files, schema)
-    print(format_table(result.categories))
-    print(f"{len(result.ties)} ties, {len(result.disagreements)} majority decisions that were not unanimous")
-    if args.json:
-        atomic_write_json(args.json, _json_safe({"categories": result.categories, "ties": result.ties,
-                                                 "disagreements": result.disagreements}))  # fmt: skip
-    if args.merge:
-        targets = []
-        if result.merged_spans or not result.merged_preferences:
-            targets.append((args.merge, result.merged_spans))
-        if result.merged_preferences:
-            # validate wants one record kind per file
-            path = args.merge.with_name(f"{args.merge.stem}.preferences{args.merge.suffix}") if result.merged_spans else args.merge
-            targets.append((path, result.merged_preferences))
-        for path, rows in targets:
-            atomic_write_jsonl(path, rows)
-            print(f"wrote {len(rows)} majority-vote records to {path}")
-        for line in result.ties[:MAX_PRINTED]:
-            print(f"  tie: {line}")
-        for line in result.disagreements[:MAX_PRINTED]:
-            print(f"  not unanimous: {line}")
-        hidden = max(0, len(result.ties) - MAX_PRINTED) + max(0, len(result.disagreements) - MAX_PRINTED)
-        if hidden:
-            print(f"  ... and {hidden} more (all of them in --json)")
-    return 0
+def merge_targets(result: AgreementReport, merge: Path) -> list[tuple[Path, list[dict]]]:
+    """(file, majority-vote records) to write for ``--merge OUT``: the span records at ``OUT``, the
+    preferences at ``OUT.preferences.jsonl`` when there are both (validate wants one record kind per file)."""
+    targets = []
+    if result.merged_spans or not result.merged_preferences:
+        targets.append((merge, result.merged_spans))
+    if result.merged_preferences:
+        path = merge.with_name(f"{merge.stem}.preferences{merge.suffix}") if result.merged_spans else merge
+        targets.append((path, result.merged_preferences))
+    return targets

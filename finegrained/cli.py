@@ -24,11 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("finegrained.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),
     "ppo": ("finegrained.rl.trainer", "dense-reward PPO, fine-grained or holistic (Hydra)"),
     "sample": ("finegrained.sample", "generate completions from a policy into annotation-ready JSONL"),
-    "annotate": ("finegrained.app.server", "local web page to annotate error spans and preferences"),
+    "annotate": ("finegrained.commands.annotate", "local web page to annotate error spans and preferences"),
     "evaluate": ("finegrained.evaluate", "evaluate and compare policies (Hydra)"),
     "demo": ("finegrained.demo", "built-in task end to end: fine-grained vs holistic RLHF (Hydra)"),
     "bench": ("finegrained.bench", "phase-level PPO benchmark (Hydra)"),
-    "agreement": ("finegrained.agreement", "inter-annotator agreement and majority-vote merge"),
+    "agreement": ("finegrained.commands.agreement", "inter-annotator agreement and majority-vote merge"),
 }
 
 

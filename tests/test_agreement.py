@@ -8,6 +8,7 @@ import math
 import pytest
 
 from finegrained import agreement
+from finegrained.commands import agreement as agreement_command
 from finegrained.errors import FinegrainedError
 from finegrained.data import validate_file
 from finegrained.schema import load_schema
@@ -47,7 +48,7 @@ def test_cli_report_and_merge(tmp_path, capsys):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["annotator"] == annotator))
         files.append(str(path))
     merged = tmp_path / "merged.jsonl"
-    assert agreement.main(["--schema", "synthetic_qa", *files, "--json", str(tmp_path / "r.json"), "--merge", str(merged)]) == 0
+    assert agreement_command.main(["--schema", "synthetic_qa", *files, "--json", str(tmp_path / "r.json"), "--merge", str(merged)]) == 0
     report = json.loads((tmp_path / "r.json").read_text())["categories"]
     assert report["relevance"]["krippendorff_alpha"] == pytest.approx(1.0)  # everyone marked the weather clause only
     assert report["factuality"]["krippendorff_alpha"] < 0.5
@@ -94,7 +95,7 @@ def test_two_annotators_segment_level_kappa(tmp_path, capsys):
         {"id": "two", "prompt": "q", "completion": two, "spans": [sentence(two, 0)]},
     ])  # fmt: skip
     merged = tmp_path / "merged.jsonl"
-    assert agreement.main(["--schema", "synthetic_qa", a, b, "--json", str(tmp_path / "r.json"), "--merge", str(merged)]) == 0
+    assert agreement_command.main(["--schema", "synthetic_qa", a, b, "--json", str(tmp_path / "r.json"), "--merge", str(merged)]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     factuality = result["categories"]["factuality"]
     assert factuality["statistic"] == "cohen_kappa" and factuality["units"] == 6
@@ -138,7 +139,7 @@ def test_preference_agreement_from_app_journals(tmp_path):
     assert len(result.ties) == 1 and result.ties[0].startswith("P2/completeness")
 
     merged = tmp_path / "merged.jsonl"
-    assert agreement.main(["--schema", "synthetic_qa", x, y, "--merge", str(merged)]) == 0
+    assert agreement_command.main(["--schema", "synthetic_qa", x, y, "--merge", str(merged)]) == 0
     assert validate_file(merged, load_schema("synthetic_qa")) == []
     assert len(merged.read_text().splitlines()) == 2
 
@@ -149,7 +150,7 @@ def test_one_annotator_is_refused_with_exit_2(tmp_path, capsys):
     path = tmp_path / "solo.jsonl"
     write_jsonl(path, [span("a", "Bora is a town.", [], "ann-1"), span("b", "Kelt is a village.", [], "ann-1")])
     with pytest.raises(FinegrainedError, match=r"at least two annotators; the files hold only one annotator \(ann-1\)"):
-        agreement.main(["--schema", "synthetic_qa", str(path), "--json", str(tmp_path / "r.json")])
+        agreement_command.main(["--schema", "synthetic_qa", str(path), "--json", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
     assert cli.main(["agreement", "--schema", "synthetic_qa", str(path)]) == 2
     assert "nan" not in capsys.readouterr().out

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from finegrained.app import server as server_module
-from finegrained.app.server import MAX_BODY_BYTES, build_server, main, serve_in_thread
+from finegrained.app.server import MAX_BODY_BYTES, build_server, serve_in_thread
+from finegrained.commands.annotate import main
 from finegrained.app.store import MAX_SPANS_PER_SUBMISSION, export, latest_records
 from finegrained.data import validate_file
 from finegrained.errors import FinegrainedError, InputError
