@@ -1,4 +1,4 @@
-"""``finegrained evaluate``: compare policies on held-out prompts.
+"""Compare policies on held-out prompts (``finegrained evaluate``).
 
 For every policy: generate (greedy by default) on the task's held-out prompts, then report the task
 oracle's per-category error rates (when the task has an oracle), the reward models' mean rewards (when a
@@ -21,15 +21,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .config import compose_from_argv, log, to_container
+from .config import log, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json
 from .text_metrics import rouge_l
-
-USAGE = """usage: finegrained evaluate policies.NAME=DIR [policies.NAME2=DIR2 ...] [reference=NAME] [key=value ...]
-
-Generates from each policy on held-out prompts and writes output_dir/eval.json."""
-
 
 def pick_device(requested: str | None) -> torch.device:
     if requested:
@@ -42,6 +37,20 @@ def load_prompts(cfg: DictConfig) -> list[dict]:
     from .tasks.files import load_prompts as load_task_prompts
 
     return load_task_prompts(cfg.task, cfg.split, n=cfg.n_prompts)
+
+
+def policy_overrides(argv: list[str]) -> list[str]:
+    """Policy names are the user's own keys: ``policies.NAME=DIR`` is passed as Hydra's ``+policies.NAME=DIR``
+    (a new key)."""
+    return [f"+{a}" if a.startswith("policies.") else a for a in argv]
+
+
+def run_evaluation(cfg: DictConfig) -> dict:
+    """``evaluate_policies`` with the config, written to ``output_dir/eval.json``; returns that report."""
+    report = evaluate_policies(cfg)
+    report["config"] = to_container(cfg)
+    atomic_write_json(Path(cfg.output_dir) / "eval.json", report)
+    return report
 
 
 def evaluate_policies(cfg: DictConfig) -> dict:
@@ -146,21 +155,3 @@ def table_notes(report: dict) -> list[str]:
     if all(r.get("rouge_l") is None for r in results):
         notes.append("no reference answers: no ROUGE-L")
     return notes
-
-
-def main(argv: list[str]) -> int:
-    # Policy names are the user's own keys: accept policies.NAME=DIR without Hydra's "+" for new keys.
-    argv = [f"+{a}" if a.startswith("policies.") else a for a in argv]
-    cfg = compose_from_argv("evaluate", argv, usage=USAGE)
-    if cfg is None:
-        return 0
-    out = Path(cfg.output_dir)
-    report = evaluate_policies(cfg)
-    report["config"] = to_container(cfg)
-    atomic_write_json(out / "eval.json", report)
-    print(format_table(report["policies"]))
-    for note in table_notes(report):
-        print(f"note: {note}")
-    log(f"[evaluate] wrote {out / 'eval.json'}")
-    return 0
-

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finegrained import evaluate
+from finegrained.commands import evaluate as evaluate_command
 from finegrained.models.tiny import tiny_causal_lm, train_tokenizer
 from finegrained.tasks.synthetic_qa import prompts
 
@@ -27,7 +28,7 @@ def two_policies(tmp_path_factory):
 def test_eval_json_has_every_figure(tmp_path, two_policies):
     argv = [f"output_dir={tmp_path}", "n_prompts=6", "generation.max_new_tokens=8", "reference=a",
             f"policies.a={two_policies['a']}", f"policies.b={two_policies['b']}"]  # fmt: skip
-    assert evaluate.main(argv) == 0
+    assert evaluate_command.main(argv) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
     a, b = report["policies"]["a"], report["policies"]["b"]
     assert a["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference against itself
@@ -45,4 +46,4 @@ def test_no_policy_is_a_user_error(tmp_path):
     from finegrained.errors import FinegrainedError
 
     with pytest.raises(FinegrainedError, match="at least one policy"):
-        evaluate.main([f"output_dir={tmp_path}"])
+        evaluate_command.main([f"output_dir={tmp_path}"])

@@ -10,7 +10,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from finegrained import cli, sample
+from finegrained import cli
+from finegrained.commands import sample
 from finegrained.convert import label_studio as ls
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.schema import load_schema

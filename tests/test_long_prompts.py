@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from finegrained import evaluate, sample
+from finegrained.commands import evaluate, sample
 from finegrained.errors import InputError
 from finegrained.rl.generation import encode_prompts, fit_prompts, prompt_token_budget
 from finegrained.models.tiny import tiny_causal_lm, train_tokenizer

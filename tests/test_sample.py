@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finegrained import sample
+from finegrained.commands import sample
 from finegrained.app.store import load_items
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.schema import load_schema
