@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labels": ("finegrained.commands.labels", "per-segment labels of one span category (1, 0, null = ignored)"),
     "train-rm": ("finegrained.rewards.train", "train one reward model for one category (Hydra)"),
     "eval-rm": ("finegrained.rewards.evaluate", "evaluate a trained reward model on a data file (Hydra)"),
-    "sft": ("finegrained.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),
+    "sft": ("finegrained.commands.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),
     "ppo": ("finegrained.rl.trainer", "dense-reward PPO, fine-grained or holistic (Hydra)"),
     "sample": ("finegrained.commands.sample", "generate completions from a policy into annotation-ready JSONL"),
     "annotate": ("finegrained.commands.annotate", "local web page to annotate error spans and preferences"),

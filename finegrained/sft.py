@@ -1,4 +1,4 @@
-"""``finegrained sft``: supervised fine-tuning of a causal LM on prompt/completion pairs.
+"""Supervised fine-tuning of a causal LM on prompt/completion pairs (``finegrained sft``).
 
 The input of one example follows the policy text convention (docs/ARCHITECTURE.md): the prompt ids
 (``add_special_tokens=False``), then the completion ids and EOS. The loss covers the completion and its
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .config import compose_from_argv, log, save_config, to_container
+from .config import log, save_config, to_container
 from .errors import FinegrainedError
 from .io import atomic_directory, read_string_records, remove_stale_temporaries
 from .model_dirs import save_pretrained_dir
@@ -150,11 +150,12 @@ def save_hf_dir(model, tokenizer, directory: Path, accelerator, overwrite: bool 
 
 
 def train_sft(cfg: DictConfig) -> dict:
+    """Run one ``sft`` configuration; returns the eval losses before and after (nan without eval data),
+    the steps taken and the number of eval examples."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
 
-    from .trackers import Trackers, check_installed, report_to_of
+    from .trackers import check_installed, report_to_of
 
     check_installed(report_to_of(cfg))  # before any work
     out = Path(cfg.output_dir)
@@ -167,6 +168,20 @@ def train_sft(cfg: DictConfig) -> dict:
     set_seed(cfg.seed)
     train_pairs, eval_pairs = load_corpus(cfg)
     model, tokenizer = build_model(cfg, [p["prompt"] + " " + p["completion"] for p in train_pairs])
+    train_examples, eval_batches = encode_corpus(cfg, model, tokenizer, train_pairs, eval_pairs)
+    run = SFTRun(cfg, accelerator, model, tokenizer, len(train_examples))
+    initial_eval = evaluate_loss(run.model, eval_batches, accelerator) if eval_batches else None
+    step = run.train(train_examples)
+    final_eval = evaluate_loss(run.model, eval_batches, accelerator) if eval_batches else None
+    run.finish(step, final_eval)
+    nan = float("nan")  # the returned figures stay floats; n_eval_examples says whether there was eval data
+    return {"initial_eval_loss": nan if initial_eval is None else initial_eval,
+            "eval_loss": nan if final_eval is None else final_eval, "steps": step,
+            "n_eval_examples": sum(len(b["input_ids"]) for b in eval_batches)}  # fmt: skip
+
+
+def encode_corpus(cfg: DictConfig, model, tokenizer, train_pairs: list[dict], eval_pairs: list[dict]) -> tuple[list, list]:
+    """The training examples and the eval batches, prompts cut by ``task.truncate`` to the model's context."""
     max_length = int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
     truncate = cfg.task.get("truncate") or "left"
     train_examples = encode_all(tokenizer, train_pairs, max_length, "training", truncate, str(cfg.data.train or "data.train"))
@@ -174,69 +189,77 @@ def train_sft(cfg: DictConfig) -> dict:
     eval_batches = [collate(chunk, tokenizer.pad_token_id) for chunk in _chunks(eval_examples, cfg.train.batch_size)]
     if not train_examples:
         raise FinegrainedError("no training example fits the model's context")
-    steps_per_epoch = math.ceil(len(train_examples) / cfg.train.batch_size)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps // 2), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    trackers = Trackers(report_to_of(cfg), out, run_name=out.name, enabled=accelerator.is_main_process)
-    trackers.log_config(to_container(cfg))
-    log(f"[sft] {len(train_examples)} training examples, {total_steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    initial_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
-    rng = random.Random(cfg.seed)
-    step = 0
-    model.train()
-    bar = Progress(total_steps, "sft", bar=bool(cfg.train.progress), enabled=accelerator.is_main_process)
-    for epoch in range(cfg.train.epochs):
-        order = list(range(len(train_examples)))
-        rng.shuffle(order)
-        for chunk in _chunks(order, cfg.train.batch_size):
-            batch = collate([train_examples[i] for i in chunk], tokenizer.pad_token_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                loss = model(**batch).loss
-            if not torch.isfinite(loss.detach()):
-                raise FinegrainedError(f"sft: the training loss is {float(loss.detach())} at step {step + 1}: the training "
-                                       f"diverged (try a lower train.lr); stopping, {out / 'final'} is not written")
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1, loss=round(loss.item(), 4), epoch=epoch)
-            if trackers.active and step % cfg.train.log_every == 0:
-                trackers.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and accelerator.is_main_process:
-                save_hf_dir(model, tokenizer, out / "checkpoints" / f"step-{step}", accelerator)
-    bar.close()
-    final_eval = evaluate_loss(model, eval_batches, accelerator) if eval_batches else None
-    if final_eval is not None:
-        trackers.log({"eval/loss": final_eval}, step)
-    trackers.close()
-    if accelerator.is_main_process:
-        save_hf_dir(model, tokenizer, out / "final", accelerator, overwrite=bool(cfg.overwrite))
-        write_card(out / "final", policy_card(algorithm="sft", base_model=cfg.model.name_or_path or "tiny", config=cfg,
-                                              summary={"steps": step, "eval_loss": final_eval}))  # fmt: skip
-    if final_eval is None:
-        log(f"[sft] no eval data (set data.eval=<pairs.jsonl> for an eval loss); wrote {out / 'final'}")
-    else:
-        log(f"[sft] eval loss per completion token {initial_eval:.3f} -> {final_eval:.3f}; wrote {out / 'final'}")
-    nan = float("nan")  # the returned figures stay floats; None above only decides what is printed
-    return {"initial_eval_loss": nan if initial_eval is None else initial_eval,
-            "eval_loss": nan if final_eval is None else final_eval, "steps": step}  # fmt: skip
+    return train_examples, eval_batches
+
+
+class SFTRun:
+    """The optimizer, schedule and trackers of one SFT run, its training loop and its ``final/``."""
+
+    def __init__(self, cfg: DictConfig, accelerator, model, tokenizer, n_examples: int):
+        from transformers import get_cosine_schedule_with_warmup
+
+        from .trackers import Trackers, report_to_of
+
+        self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
+        self.out = Path(cfg.output_dir)
+        self.total_steps = math.ceil(n_examples / cfg.train.batch_size) * cfg.train.epochs
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, self.total_steps // 2), self.total_steps)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.trackers = Trackers(report_to_of(cfg), self.out, run_name=self.out.name, enabled=accelerator.is_main_process)
+        self.trackers.log_config(to_container(cfg))
+        log(f"[sft] {n_examples} training examples, {self.total_steps} steps, {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters")
+
+    def train(self, train_examples: list) -> int:
+        """Every epoch over the examples in a seeded shuffled order; returns the number of steps taken."""
+        cfg, accelerator = self.cfg, self.accelerator
+        rng = random.Random(cfg.seed)
+        step = 0
+        self.model.train()
+        bar = Progress(self.total_steps, "sft", bar=bool(cfg.train.progress), enabled=accelerator.is_main_process)
+        for epoch in range(cfg.train.epochs):
+            order = list(range(len(train_examples)))
+            rng.shuffle(order)
+            for chunk in _chunks(order, cfg.train.batch_size):
+                batch = collate([train_examples[i] for i in chunk], self.tokenizer.pad_token_id)
+                loss = self.step({k: v.to(accelerator.device) for k, v in batch.items()}, step + 1)
+                step += 1
+                bar.update(1, loss=round(loss.item(), 4), epoch=epoch)
+                if self.trackers.active and step % cfg.train.log_every == 0:
+                    self.trackers.log({"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0]}, step)
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and accelerator.is_main_process:
+                    save_hf_dir(self.model, self.tokenizer, self.out / "checkpoints" / f"step-{step}", accelerator)
+        bar.close()
+        return step
+
+    def step(self, batch: dict, step: int) -> torch.Tensor:
+        """One optimizer step on ``batch``; a non-finite loss stops the run naming ``step`` (1-based)."""
+        with self.accelerator.autocast():
+            loss = self.model(**batch).loss
+        if not torch.isfinite(loss.detach()):
+            raise FinegrainedError(f"sft: the training loss is {float(loss.detach())} at step {step}: the training "
+                                   f"diverged (try a lower train.lr); stopping, {self.out / 'final'} is not written")
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def finish(self, step: int, final_eval: float | None) -> None:
+        """The final eval loss to the trackers, then ``final/`` and its model card (main process)."""
+        if final_eval is not None:
+            self.trackers.log({"eval/loss": final_eval}, step)
+        self.trackers.close()
+        if self.accelerator.is_main_process:
+            cfg = self.cfg
+            save_hf_dir(self.model, self.tokenizer, self.out / "final", self.accelerator, overwrite=bool(cfg.overwrite))
+            write_card(self.out / "final", policy_card(algorithm="sft", base_model=cfg.model.name_or_path or "tiny", config=cfg,
+                                                       summary={"steps": step, "eval_loss": final_eval}))  # fmt: skip
 
 
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def main(argv: list[str]) -> int:
-    cfg = compose_from_argv("sft", argv)
-    if cfg is None:
-        return 0
-    train_sft(cfg)
-    return 0

@@ -135,7 +135,7 @@ def test_ppo_final_leaves_a_card_with_rewards_and_run_summary(tmp_path):
 
 
 def test_sft_final_leaves_a_card(tmp_path):
-    from finegrained import sft
+    from finegrained.commands import sft
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"question {i}:", "completion": f" answer {i}"}) + "\n" for i in range(8)))

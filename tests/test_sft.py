@@ -7,6 +7,8 @@ import json
 import pytest
 
 from finegrained import sft
+from finegrained.commands import sft as sft_command
+from finegrained.config import compose_from_argv
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.models.tiny import train_tokenizer
 
@@ -31,9 +33,9 @@ def test_model_dropout_reaches_the_policy_config():
     from finegrained.models.tiny import tiny_causal_lm
 
     tok = train_tokenizer(["question: a b c answer: x y z"] * 20, vocab_size=300)
-    default = sft.compose_from_argv("sft", [])
+    default = compose_from_argv("sft", [])
     assert default.model.dropout == 0.1  # GPT-2's own default: the full demo's SFT is unchanged
-    cfg = sft.compose_from_argv("sft", ["model.dropout=0.0", "model.n_layer=1", "model.n_embd=32"])
+    cfg = compose_from_argv("sft", ["model.dropout=0.0", "model.n_layer=1", "model.n_embd=32"])
     model, _ = sft.build_model(cfg, ["question: a b c answer: x y z"] * 20)
     assert (model.config.embd_pdrop, model.config.attn_pdrop, model.config.resid_pdrop) == (0.0, 0.0, 0.0)
     model.train()  # without dropout, training mode is deterministic
@@ -47,7 +49,7 @@ def test_short_sft_run_lowers_eval_loss_and_writes_final(tmp_path):
     out = tmp_path / "sft"
     argv = [f"output_dir={out}", "data.n_train=128", "data.n_eval=16", "train.epochs=4", "train.batch_size=16", "train.lr=5e-3",
             "model.n_layer=1", "model.n_embd=32", "model.vocab_size=300", "train.progress=false"]  # fmt: skip
-    cfg = sft.compose_from_argv("sft", argv)
+    cfg = compose_from_argv("sft", argv)
     result = sft.train_sft(cfg)
     assert result["eval_loss"] < result["initial_eval_loss"] - 0.5
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,7 +59,7 @@ def test_short_sft_run_lowers_eval_loss_and_writes_final(tmp_path):
     assert (out / "final" / "model.safetensors").is_file()
     assert model.config.vocab_size == len(tok)
     with pytest.raises(FinegrainedError, match="already exists"):
-        sft.main(argv)
+        sft_command.main(argv)
 
 
 def test_bad_pairs_file_names_file_line_and_field(tmp_path):
@@ -75,7 +77,7 @@ def test_without_eval_data_sft_says_so_instead_of_nan(tmp_path, capsys):
     pairs.write_text("".join(json.dumps({"prompt": f"question {i}:", "completion": f" answer {i}"}) + "\n" for i in range(8)))
     argv = [f"output_dir={tmp_path / 'sft'}", f"data.train={pairs}", "train.epochs=1", "train.batch_size=4",
             "model.n_layer=1", "model.n_embd=32", "model.vocab_size=300", "train.progress=false"]  # fmt: skip
-    assert sft.main(argv) == 0
+    assert sft_command.main(argv) == 0
     err = capsys.readouterr().err
     assert "nan" not in err and "no eval data" in err
     assert "[sft] 2/2 steps" in err  # train.progress=false still writes a summary line

@@ -159,7 +159,7 @@ def test_sft_and_reward_model_training_report_to_wandb(tmp_path, monkeypatch, co
     monkeypatch.delenv("WANDB_MODE", raising=False)
     out = tmp_path / "out"
     if command == "sft":
-        from finegrained import sft
+        from finegrained.commands import sft
 
         assert sft.main([f"output_dir={out}", "data.n_train=32", "data.n_eval=8", "train.batch_size=8", "model.n_layer=1",
                          "model.n_embd=16", "model.vocab_size=300", "train.progress=false", "train.log_every=1",
