@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose, compose_from_argv, library_versions, log, to_container
+from .config import compose, library_versions, log, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_text
 
@@ -349,20 +349,3 @@ def run_bench(cfg: DictConfig) -> dict:
     }
     atomic_write_json(out / "bench.json", result)
     return result
-
-
-def main(argv: list[str]) -> int:
-    cfg = compose_from_argv("bench", argv)
-    if cfg is None:
-        return 0
-    r = run_bench(cfg)
-    phases = ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
-    bare = r["bare_seconds"]
-    overhead = f"bare {bare:.3f}, overhead x{r['overhead_factor']:.2f}" if bare else "bare not measured"
-    print(f"seconds/iteration {r['seconds_per_iteration']:.3f} ({overhead}); {r['tokens_per_second']:.0f} tokens/s; "
-          f"peak RSS {r['peak_rss_mb']:.0f} MB; weights and optimizer state {r['model_state_mb']['total']:.0f} MB")  # fmt: skip
-    print(f"phases (s/iteration): {phases}; outside phases {r['unphased_seconds']:.3f}")
-    if r["bare_phases"]:
-        print("bare (s): " + ", ".join(f"{k} {v:.3f}" for k, v in r["bare_phases"].items()))
-    log(f"[bench] wrote {Path(cfg.output_dir) / 'bench.json'}")
-    return 0

@@ -26,8 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("finegrained.commands.sample", "generate completions from a policy into annotation-ready JSONL"),
     "annotate": ("finegrained.commands.annotate", "local web page to annotate error spans and preferences"),
     "evaluate": ("finegrained.commands.evaluate", "evaluate and compare policies (Hydra)"),
-    "demo": ("finegrained.demo", "built-in task end to end: fine-grained vs holistic RLHF (Hydra)"),
-    "bench": ("finegrained.bench", "phase-level PPO benchmark (Hydra)"),
+    "demo": ("finegrained.commands.demo", "built-in task end to end: fine-grained vs holistic RLHF (Hydra)"),
+    "bench": ("finegrained.commands.bench", "phase-level PPO benchmark (Hydra)"),
     "agreement": ("finegrained.commands.agreement", "inter-annotator agreement and majority-vote merge"),
 }
 

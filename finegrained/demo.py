@@ -1,4 +1,4 @@
-"""``finegrained demo``: the whole method on the built-in task, fine-grained against holistic RLHF.
+"""The whole method on the built-in task, fine-grained against holistic RLHF (``finegrained demo``).
 
 Stages (each leaves its outputs under ``output_dir`` and is skipped when they are already complete, so
 an interrupted demo resumes where it stopped):
@@ -14,7 +14,7 @@ an interrupted demo resumes where it stopped):
                      with ``shared_rm=true`` also ``fine_grained_shared`` (fine-grained PPO judged by
                      ``rm/joint``);
 5. ``eval/seed<s>``  every policy evaluated by the task's oracle on held-out prompts;
-6. ``results.json``, ``*.png``, a printed table (what the oracle measured, nothing else).
+6. ``results.json``, ``*.png``; ``finegrained demo`` prints the table (what the oracle measured, nothing else).
 
 The SFT policy and the reward models are trained once (seed 0) and shared by every seed; seeds vary
 the PPO runs and their sampling.
@@ -25,18 +25,14 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .config import compose_from_argv, library_versions, log, to_container
+from .config import library_versions, log, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_jsonl
-
-USAGE = """usage: finegrained demo [quick] [seeds=N] [output_dir=DIR] [key=value ...]
-
-Runs SFT, simulated annotation, reward-model training, fine-grained and holistic PPO, and an oracle
-evaluation on the built-in task; writes output_dir/results.json, PNG plots and tensorboard logs."""
 
 SPAN_CATEGORIES = ("relevance", "factuality")
 PREFERENCE_CATEGORIES = ("completeness", "holistic")
@@ -58,12 +54,13 @@ def seed_list(seeds) -> list[int]:
     return [int(s) for s in seeds]
 
 
-def run_command(module_main, overrides: list[str], what: str) -> None:
+def run_stage(config_name: str, overrides: list[str], what: str, run: Callable[[DictConfig], object]) -> None:
+    """``run`` on ``conf/<config_name>.yaml`` composed with ``overrides`` and checked, as its command would."""
+    from .config_checks import compose_checked
+
     started = time.perf_counter()
     log(f"[demo] {what}")
-    code = module_main([str(o) for o in overrides])
-    if code:
-        raise FinegrainedError(f"demo stage failed: {what} (exit {code})")
+    run(compose_checked(config_name, [str(o) for o in overrides]))
     log(f"[demo] {what}: done in {time.perf_counter() - started:.1f} s")
 
 
@@ -71,7 +68,7 @@ def run_command(module_main, overrides: list[str], what: str) -> None:
 def stage_sft(cfg: DictConfig, out: Path) -> Path:
     """The SFT policy: ``sft_policy`` when set (``shipped``: the package's copy of the full demo's stage 1),
     else ``out/sft/final``, trained unless it is already there."""
-    from . import sft
+    from .sft import train_sft
 
     given = cfg.get("sft_policy")
     if given:
@@ -84,7 +81,7 @@ def stage_sft(cfg: DictConfig, out: Path) -> Path:
         return policy
     final = out / "sft" / "final"
     if not final.is_dir():
-        run_command(sft.main, [f"output_dir={out / 'sft'}", "seed=0", *cfg.sft_overrides], "SFT of the tiny policy")
+        run_stage("sft", [f"output_dir={out / 'sft'}", "seed=0", *cfg.sft_overrides], "SFT of the tiny policy", train_sft)
     return final
 
 
@@ -144,7 +141,7 @@ def stage_annotate(cfg: DictConfig, out: Path, policy_dir: Path) -> dict[str, Pa
 
 # 3. Reward models -----------------------------------------------------------------------------------
 def stage_reward_models(cfg: DictConfig, out: Path, files: dict[str, Path]) -> dict[str, Path]:
-    from .rewards import train as train_rm
+    from .rewards.train import train_reward_model
 
     dirs = {}
     for category in (*SPAN_CATEGORIES, *PREFERENCE_CATEGORIES):
@@ -154,22 +151,22 @@ def stage_reward_models(cfg: DictConfig, out: Path, files: dict[str, Path]) -> d
             raise FinegrainedError(f"{train}: the simulated annotators produced no data for {category}; annotate more prompts")
         target = out / "rm" / category
         if not (target / "finegrained.json").is_file():
-            run_command(
-                train_rm.main,
+            run_stage(
+                "train_rm",
                 [
                     f"schema={cfg.schema}", f"category={category}", "model=tiny", f"data.train={train}",
                     f"data.eval={held_out if held_out.stat().st_size else 'null'}",
                     f"output_dir={target}", "seed=0", *cfg.rm_overrides,
                 ],
-                f"reward model for {category}",
+                f"reward model for {category}", train_reward_model,
             )  # fmt: skip
         dirs[category] = target
     if cfg.get("shared_rm", False):
         target = out / "rm" / "joint"
         if not (target / "finegrained.json").is_file():
             held_out = {k: files[f"{k}_eval"] for k in ("spans", "completeness")}
-            run_command(
-                train_rm.main,
+            run_stage(
+                "train_rm",
                 [
                     f"schema={cfg.schema}", f"categories=[{','.join(JOINT_CATEGORIES)}]", "model=tiny",
                     f"data.train={files['spans_train']}", f"data.preferences={files['completeness_train']}",
@@ -177,7 +174,7 @@ def stage_reward_models(cfg: DictConfig, out: Path, files: dict[str, Path]) -> d
                     f"data.eval_preferences={held_out['completeness'] if held_out['completeness'].stat().st_size else 'null'}",
                     f"output_dir={target}", "seed=0", *cfg.rm_overrides,
                 ],
-                "one reward model for relevance, factuality and completeness on a shared backbone",
+                "one reward model for relevance, factuality and completeness on a shared backbone", train_reward_model,
             )  # fmt: skip
         dirs["joint"] = target
     return dirs
@@ -199,15 +196,15 @@ def ppo_overrides(cfg: DictConfig, method: str, rm_dirs: dict[str, Path], policy
 
 
 def stage_ppo(cfg: DictConfig, out: Path, seed: int, method: str, rm_dirs, policy_dir: Path) -> Path:
-    from .rl import trainer
+    from .rl.trainer import PPOTrainer
 
     run_dir = out / "ppo" / f"{method}-seed{seed}"
     if not (run_dir / "final").is_dir():
         resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else []
-        run_command(
-            trainer.main,
+        run_stage(
+            "ppo",
             [f"output_dir={run_dir}", f"seed={seed}", *resume, *ppo_overrides(cfg, method, rm_dirs, policy_dir)],
-            f"{method} PPO, seed {seed}",
+            f"{method} PPO, seed {seed}", lambda ppo_cfg: PPOTrainer(ppo_cfg).train(),
         )
     return run_dir / "final"
 
@@ -216,7 +213,7 @@ def stage_ppo(cfg: DictConfig, out: Path, seed: int, method: str, rm_dirs, polic
 def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Path]) -> dict:
     import json
 
-    from . import evaluate
+    from .evaluate import format_table, policy_overrides, run_evaluation
 
     eval_dir = out / "eval" / f"seed{seed}"
     done = eval_dir / "eval.json"
@@ -228,14 +225,15 @@ def stage_evaluate(cfg: DictConfig, out: Path, seed: int, policies: dict[str, Pa
         or set(policies) - set(report["policies"])
         or any(Path(path).stat().st_mtime > done.stat().st_mtime for path in policies.values())
     ):
-        run_command(
-            evaluate.main,
-            [f"output_dir={eval_dir}", f"seed={seed}", f"n_prompts={cfg.n_eval_prompts}", "reference=sft",
+        run_stage(
+            "evaluate",
+            policy_overrides([f"output_dir={eval_dir}", f"seed={seed}", f"n_prompts={cfg.n_eval_prompts}", "reference=sft",
              f"generation.do_sample={cfg.eval_sampling}", f"generation.max_new_tokens={cfg.max_new_tokens}",
-             *[f"policies.{name}={path}" for name, path in policies.items()]],  # fmt: skip
-            f"oracle evaluation, seed {seed}",
+             *[f"policies.{name}={path}" for name, path in policies.items()]]),  # fmt: skip
+            f"oracle evaluation, seed {seed}", run_evaluation,
         )
         report = json.loads(done.read_text(encoding="utf-8"))
+        log(f"[demo] seed {seed}:\n{format_table(report['policies'])}")
     # only the policies of this demo run (an earlier shared_rm=true run may have evaluated one more)
     report["policies"] = {name: report["policies"][name] for name in policies}
     return report
@@ -289,6 +287,7 @@ def write_plots(out: Path, seeds: list[int], runs: tuple[str, ...] = METHODS) ->
 
 
 def run_demo(cfg: DictConfig) -> dict:
+    """Every stage (each skipped when its outputs exist), then ``results.json`` and the plots; returns the results."""
     out = Path(cfg.output_dir)
     seeds = seed_list(cfg.seeds)
     started = time.perf_counter()
@@ -312,14 +311,6 @@ def run_demo(cfg: DictConfig) -> dict:
     plots = write_plots(out, seeds, methods(cfg))
     results["plots"] = [p.name for p in plots]
     atomic_write_json(out / "results.json", results)
-    from .evaluate import format_table
-
-    print(format_table(policies))
-    print()
-    print(results["verdict"])
-    if cfg.get("note"):
-        print(cfg.note)
-    log(f"[demo] wrote {out / 'results.json'} and {', '.join(p.name for p in plots)} in {results['seconds']:.0f} s")
     return results
 
 
@@ -335,14 +326,3 @@ def episodes_per_run(out: Path, seeds: list[int], runs: tuple[str, ...] = METHOD
     if len(counts) != 1:
         raise FinegrainedError(f"PPO runs trained on different numbers of episodes: {sorted(counts)}")
     return counts.pop()
-
-
-def main(argv: list[str]) -> int:
-    argv = ["scale=quick" if a == "quick" else a for a in argv]
-    if "scale=quick" in argv and not any(a.startswith("output_dir=") for a in argv):
-        argv.append("output_dir=outputs/demo-quick")
-    cfg = compose_from_argv("demo", argv, usage=USAGE)
-    if cfg is None:
-        return 0
-    run_demo(cfg)
-    return 0

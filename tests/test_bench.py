@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finegrained import bench
+from finegrained.commands import bench
 from finegrained.errors import FinegrainedError
 
 TINY = ["bench.n_layer=1", "bench.n_embd=32", "bench.n_head=2", "bench.vocab_size=400", "bench.batch_size=2",

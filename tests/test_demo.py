@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finegrained import demo
+from finegrained.commands import demo as demo_command
 from finegrained.plots import read_scalars
 
 
@@ -25,7 +26,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_demo_quick_runs_every_stage(tmp_path, capsys):
-    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
+    assert demo_command.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == [0]
     assert {"torch", "transformers", "tokenizers"} <= set(results["versions"])
@@ -45,11 +46,11 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert {"rewards/relevance/mean", "rewards/factuality/mean", "rewards/completeness/mean", "oracle/total_error_rate"} <= set(scalars)
     assert "fine-grained PPO has a lower oracle total error rate than holistic PPO on" in capsys.readouterr().out
     # a second call finds every stage complete and only re-aggregates
-    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
+    assert demo_command.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     # shared_rm=true on the finished demo adds a reward model on one backbone and a PPO run judged by it,
     # and re-evaluates; the earlier policies' figures do not move (each policy samples with the same seed)
     capsys.readouterr()
-    assert demo.main(["quick", f"output_dir={tmp_path}", "shared_rm=true", *TINY]) == 0
+    assert demo_command.main(["quick", f"output_dir={tmp_path}", "shared_rm=true", *TINY]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert set(again["policies"]) == {"sft", "holistic", "fine_grained", "fine_grained_shared"}
     for name in ("sft", "holistic", "fine_grained"):
@@ -60,7 +61,7 @@ def test_demo_quick_runs_every_stage(tmp_path, capsys):
     assert run_config.count(str(tmp_path / "rm" / "joint")) == 3
     assert "with the shared-backbone reward model" in capsys.readouterr().out
     # and a plain call afterwards reports its own three policies again
-    assert demo.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
+    assert demo_command.main(["quick", f"output_dir={tmp_path}", *TINY]) == 0
     assert set(json.loads((tmp_path / "results.json").read_text())["policies"]) == {"sft", "holistic", "fine_grained"}
 
 
