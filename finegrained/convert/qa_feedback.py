@@ -126,6 +126,38 @@ def convert_example(
     """One QA-Feedback element -> its span record and its non-tied preference records (holistic, then
     completeness when ``split_sub_sentences`` is given)."""
     where = f"element {index}"
+    question, passages, predictions, feedback, errors, preference = _checked_fields(example, where)
+    prompt = build_prompt(question, passages)
+    completion = predictions[0]
+    spans, explanations = _error_spans(errors, completion, schema, stats, where)
+    record_id = f"{split}-{index}"
+    source_meta = {"file": source, "index": index}
+    span_record = SpanRecord(
+        id=record_id,
+        prompt=prompt,
+        completion=completion,
+        spans=tuple(spans),
+        annotator=None,  # QA-Feedback does not name its annotators
+        meta={
+            "source": {**source_meta, "prediction": 1},
+            "missing-info": feedback.get("missing-info", []),
+            "corrected-prediction": feedback.get("corrected-prediction"),
+            "explanations": explanations,
+            "gold": example.get("gold"),
+        },
+    )
+    preferences = _holistic_preferences(preference, predictions, prompt, record_id, source_meta, where, stats)
+    stats.questions += 1
+    stats.spans += len(spans)
+    stats.preferences += len(preferences)
+    if split_sub_sentences is not None:
+        preferences += _completeness_preferences(example, split_sub_sentences, prompt, record_id, source_meta, where, stats)
+    return span_record, preferences
+
+
+def _checked_fields(example: object, where: str) -> tuple[str, list, list[str], dict, list, list]:
+    """(question, passages, the four predictions, feedback, feedback errors, preference) of an element of
+    the QA-Feedback shape; anything else is ``_Malformed`` naming the field."""
     if not isinstance(example, dict):
         raise _Malformed(f"{where}: must be a JSON object, got {describe_json_value(example)}")
     question = _require(example, "question", str, where)
@@ -140,9 +172,12 @@ def convert_example(
     if len(preference) != len(PAIRS):
         raise _Malformed(f"{where}: 'preference' must hold {len(PAIRS)} values (pairs 1v2 1v3 1v4 2v3 2v4 3v4), "
                          f"got {len(preference)}")  # fmt: skip
+    return question, passages, predictions, feedback, errors, preference
 
-    prompt = build_prompt(question, passages)
-    completion = predictions[0]
+
+def _error_spans(errors: list, completion: str, schema: AnnotationSchema, stats: ConversionStats,
+                 where: str) -> tuple[list[Span], list[str]]:
+    """The feedback's error spans clipped to the completion (empty ones dropped), and their explanations."""
     span_labels = {label for c in schema.span_categories for label in c.error_types}
     spans: list[Span] = []
     explanations: list[str] = []
@@ -166,23 +201,12 @@ def convert_example(
         explanation = error.get("explanation", "")
         explanations.append(explanation if isinstance(explanation, str) else json.dumps(explanation))
         stats.labels[label] += 1
+    return spans, explanations
 
-    record_id = f"{split}-{index}"
-    source_meta = {"file": source, "index": index}
-    span_record = SpanRecord(
-        id=record_id,
-        prompt=prompt,
-        completion=completion,
-        spans=tuple(spans),
-        annotator=None,  # QA-Feedback does not name its annotators
-        meta={
-            "source": {**source_meta, "prediction": 1},
-            "missing-info": feedback.get("missing-info", []),
-            "corrected-prediction": feedback.get("corrected-prediction"),
-            "explanations": explanations,
-            "gold": example.get("gold"),
-        },
-    )
+
+def _holistic_preferences(preference: list, predictions: list[str], prompt: str, record_id: str, source_meta: dict,
+                          where: str, stats: ConversionStats) -> list[PreferenceRecord]:
+    """The six ``preference`` values as holistic pairs; ties and pairs of identical predictions left out."""
     preferences: list[PreferenceRecord] = []
     for (a, b), value in zip(PAIRS, preference):
         if isinstance(value, bool) or value not in (TIE, FIRST_PREFERRED, SECOND_PREFERRED):
@@ -207,12 +231,7 @@ def convert_example(
                 meta={"source": {**source_meta, "pair": f"{a}v{b}", "chosen": preferred, "rejected": other}},
             )
         )
-    stats.questions += 1
-    stats.spans += len(spans)
-    stats.preferences += len(preferences)
-    if split_sub_sentences is not None:
-        preferences += _completeness_preferences(example, split_sub_sentences, prompt, record_id, source_meta, where, stats)
-    return span_record, preferences
+    return preferences
 
 
 def _completeness_preferences(example: dict, split_sub_sentences: SubSentenceSplitter, prompt: str, record_id: str,
