@@ -1,7 +1,8 @@
 """``finegrained <command> [args | hydra overrides]``: the single entry point.
 
-Each command lives in its own module with ``main(argv: list[str]) -> int | None``; modules are imported
-only when their command runs, so ``finegrained validate`` does not pay for importing torch.
+Each command lives in its own thin module, ``finegrained/commands/<name>.py`` (compose the config, call the
+library, report), with ``main(argv: list[str]) -> int | None``; modules are imported only when their command
+runs, so ``finegrained validate`` does not pay for importing torch.
 User errors (``FinegrainedError``) print as plain lines on stderr with exit status 2, never a traceback.
 """
 

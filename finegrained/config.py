@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config_checks import compose  # noqa: F401  (composition without the checks; lives below them)
+from .config_checks import compose, compose_checked, render_help  # noqa: F401  (compose: the same without the checks)
 from .errors import FinegrainedError
 
 
@@ -56,8 +56,6 @@ def compose_from_argv(config_name: str, argv: list[str], usage: str = "") -> Dic
     """Handle ``--help`` / ``--cfg [job]``, compose, and check the result (``config_checks``): unknown
     keys and bad values are refused, all at once, before any work starts. Returns None when the command
     should just exit 0. ``usage`` is kept for callers; the help comes from ``finegrained.settings``."""
-    from .config_checks import compose_checked, render_help
-
     flags, overrides = read_flags(config_name, list(argv))
     if "-h" in flags or "--help" in flags:
         print(render_help(config_name, overrides))
