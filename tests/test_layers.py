@@ -72,6 +72,12 @@ def imports_of(module: str) -> list[tuple[int, str]]:
 GRAPH = {module: imports_of(module) for module in MODULES}
 
 
+def test_imports_are_found_lazy_and_relative_ones_too():
+    assert "finegrained.rewards.placement" in {t for _, t in GRAPH["finegrained.rl.generation"]}  # in a function
+    assert "finegrained.agreement" in {t for _, t in GRAPH["finegrained.commands.agreement"]}  # from .. import agreement
+    assert "finegrained.config" in {t for _, t in GRAPH["finegrained.sft"]}  # from .config import log
+
+
 def test_every_module_has_a_layer():
     assert [m for m in MODULES if layer_of(m) is None] == []
 
