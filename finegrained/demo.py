@@ -144,7 +144,7 @@ def stage_annotate(cfg: DictConfig, out: Path, policy_dir: Path) -> dict[str, Pa
 
 # 3. Reward models -----------------------------------------------------------------------------------
 def stage_reward_models(cfg: DictConfig, out: Path, files: dict[str, Path]) -> dict[str, Path]:
-    from .rewards import train as train_rm
+    from .commands import train_rm
 
     dirs = {}
     for category in (*SPAN_CATEGORIES, *PREFERENCE_CATEGORIES):
