@@ -27,7 +27,6 @@ events under ``tb/``.
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -50,15 +49,13 @@ from .preference_model import load_preference_pairs
 from .span_model import IGNORE_INDEX, LABEL_ERROR, class_weights, segment_type_count, span_examples_from_records
 from .training import (
     SPANS,
-    BatchSchedule,
     Built,
     EncodedData,
     TrainingData,
-    endless_batches,
     fit,
-    loader_epochs,
-    process_share,
+    shuffled_epochs,
     split_holdout,
+    wrapping_streams,
 )
 
 SPAN_METRICS_FOR_BEST = ("segment_accuracy", "error_f1", "error_precision", "error_recall")
@@ -169,6 +166,8 @@ def _schema(cfg):
 class OneCategory(PlanBase):
     """``category=<name>``: a plain HF token classifier (span) or sequence classifier (preference)."""
 
+    schedule = staticmethod(shuffled_epochs)
+
     def __init__(self, cfg):
         for key in ("category", "output_dir"):
             if not cfg.get(key):
@@ -233,14 +232,6 @@ class OneCategory(PlanBase):
                 "eval_source": self.eval_source}  # fmt: skip
         return build_metadata(self.category, max_length=max_length, segmentation=schema.segmentation,
                               schema_name=schema.name, schema_sha256=schema.sha256, data=data, **self.training_config())
-
-    def schedule(self, accelerator, datasets: dict[str, list], batch_size: int, seed: int) -> BatchSchedule:
-        """Each epoch a fresh shuffle (a seeded ``DataLoader``, sharded across processes by accelerate)."""
-        (key, items), = datasets.items()
-        loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, collate_fn=list,
-                                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        loader = accelerator.prepare(loader)
-        return BatchSchedule({key: loader_epochs(loader)}, {key: len(loader)})
 
     def forward(self, model, batch) -> dict[str, torch.Tensor]:
         extra = {} if batch.token_type_ids is None else {"token_type_ids": batch.token_type_ids}
@@ -312,6 +303,7 @@ class SharedBackbone(PlanBase):
     """
 
     backbone_kind = "joint"
+    schedule = staticmethod(wrapping_streams)
 
     def __init__(self, cfg):
         if cfg.get("category"):
@@ -388,13 +380,6 @@ class SharedBackbone(PlanBase):
         return joint_metadata(self.categories, max_length=max_length, segmentation=self.schema.segmentation,
                               schema=self.schema, data=files | {"eval_source": self.eval_sources},
                               dropout=self.dropout, **self.training_config())  # fmt: skip
-
-    def schedule(self, accelerator, datasets: dict[str, list], batch_size: int, seed: int) -> BatchSchedule:
-        """Every dataset from one seeded stream that wraps around; each process takes its slice of a batch."""
-        rng = random.Random(seed)
-        rank, world = accelerator.process_index, accelerator.num_processes
-        streams = {key: process_share(endless_batches(items, batch_size, rng), rank, world) for key, items in datasets.items()}
-        return BatchSchedule(streams, {key: math.ceil(len(items) / batch_size) for key, items in datasets.items()})
 
     def forward(self, model, batch) -> dict[str, torch.Tensor]:
         return model(batch.input_ids, batch.attention_mask, batch.token_type_ids)

@@ -107,6 +107,25 @@ class BatchSchedule:
                 for key, stream in self.streams.items()}  # fmt: skip
 
 
+def shuffled_epochs(accelerator, datasets: dict[str, list], batch_size: int, seed: int) -> BatchSchedule:
+    """One dataset, freshly shuffled each epoch by a seeded ``DataLoader`` (sharded across processes by
+    accelerate): how a one-category model draws its batches."""
+    (key, items), = datasets.items()
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, collate_fn=list,
+                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = accelerator.prepare(loader)
+    return BatchSchedule({key: loader_epochs(loader)}, {key: len(loader)})
+
+
+def wrapping_streams(accelerator, datasets: dict[str, list], batch_size: int, seed: int) -> BatchSchedule:
+    """Every dataset from one seeded stream that wraps around (``endless_batches``), each process taking
+    its slice of a batch: how a joint model draws its batches."""
+    rng = random.Random(seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    streams = {key: process_share(endless_batches(items, batch_size, rng), rank, world) for key, items in datasets.items()}
+    return BatchSchedule(streams, {key: math.ceil(len(items) / batch_size) for key, items in datasets.items()})
+
+
 def token_labels_tensor(rows: Sequence[Sequence[int]], n_rows: int, length: int) -> torch.Tensor:
     """``(n_rows, length)`` labels: ``rows`` on the first rows, right-padded; ``IGNORE_INDEX`` elsewhere."""
     out = torch.full((n_rows, length), IGNORE_INDEX, dtype=torch.long)
@@ -300,7 +319,7 @@ class ModelPlan(Protocol):
     table_title: str  # of the final metrics table
 
     def forward(self, model, batch: TrainBatch) -> dict[str, torch.Tensor]: ...
-    def schedule(self, accelerator, datasets: dict[str, list], batch_size: int, seed: int) -> BatchSchedule: ...
+    schedule: Callable[..., BatchSchedule]  # shuffled_epochs or wrapping_streams
     def judge(self, model, tokenizer, metadata: dict, device, batch_size: int): ...
     def category_judge(self, judge, name: str): ...
     def evaluate(self, judge, data: TrainingData) -> dict[str, Any]: ...
