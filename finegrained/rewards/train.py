@@ -75,7 +75,7 @@ def train_reward_model(cfg) -> dict[str, Any]:
     built = plan.build(data)
     encoded = plan.encode(built, data)
     built.metadata = plan.metadata(built.max_length)
-    return fit(cfg, plan, data, built, encoded, plan.best_metric, plan.schema.source)
+    return fit(cfg, plan, data, built, encoded)
 
 
 def train_and_eval(load, cfg, train_key: str, eval_key: str, none_held: str) -> tuple[list, list, str]:
@@ -123,10 +123,10 @@ class PlanBase:
             if cfg.data.get(key) and not Path(cfg.data[key]).is_file():
                 raise FinegrainedError(f"data.{key}={cfg.data[key]}: no such file")
         check_output_dir(Path(cfg.output_dir), bool(cfg.get("overwrite", False)))
-        self.balanced = cfg.train.get("class_weighting", "balanced")
-        if self.balanced not in ("balanced", "none"):
-            raise FinegrainedError(f"train.class_weighting={cfg.train.class_weighting}: expected balanced or none")
-        self.balanced = self.balanced == "balanced"
+        weighting = cfg.train.get("class_weighting", "balanced")
+        if weighting not in ("balanced", "none"):
+            raise FinegrainedError(f"train.class_weighting={weighting}: expected balanced or none")
+        self.balanced = weighting == "balanced"
 
     def choose_best_metric(self, allowed: list[str], default: str) -> None:
         self.best_metric = self.cfg.train.get("best_metric") or default

@@ -317,6 +317,8 @@ class ModelPlan(Protocol):
     categories: list  # schema.Category, in head order
     names: str  # the categories, as the progress bar names them
     table_title: str  # of the final metrics table
+    best_metric: str  # the metric that picks the checkpoint kept
+    schema: Any  # the AnnotationSchema (its file is copied into the directory)
 
     def forward(self, model, batch: TrainBatch) -> dict[str, torch.Tensor]: ...
     schedule: Callable[..., BatchSchedule]  # shuffled_epochs or wrapping_streams
@@ -340,8 +342,7 @@ class Built:
     metadata: dict = field(default_factory=dict)
 
 
-def fit(cfg, plan: ModelPlan, data: TrainingData, built: Built, encoded: EncodedData, best_metric: str,
-        schema_source: str | None) -> dict[str, Any]:
+def fit(cfg, plan: ModelPlan, data: TrainingData, built: Built, encoded: EncodedData) -> dict[str, Any]:
     """Train ``built.model`` on ``encoded`` under ``cfg.train``, keep the best weights, write ``cfg.output_dir``."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -375,7 +376,7 @@ def fit(cfg, plan: ModelPlan, data: TrainingData, built: Built, encoded: Encoded
 
     steps = epochs * schedule.steps_per_epoch
     with main_process_output(accelerator, Path(cfg.output_dir), report_to_of(cfg), to_container(cfg)) as (tmp, trackers):
-        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, best_metric, trackers)
+        checkpoints = BestCheckpoint(accelerator, model, evaluate_now, plan.best_metric, trackers)
         progress = Progress(steps, f"train-rm {plan.names}", bar=bool(tcfg.get("progress", True)),
                             enabled=accelerator.is_main_process)  # fmt: skip
         run_steps(model, steps, schedule.steps_per_epoch, train_step, checkpoints, int(tcfg.get("eval_every", 0) or 0), progress)
@@ -389,7 +390,7 @@ def fit(cfg, plan: ModelPlan, data: TrainingData, built: Built, encoded: Encoded
         built.metadata["metrics"] = numbers
         trackers.log({f"final/{k}": v for k, v in numbers.items()}, steps)
         if tmp is not None:
-            save_reward_model(tmp, unwrapped, built.tokenizer, built.metadata, metrics, schema_source)
+            save_reward_model(tmp, unwrapped, built.tokenizer, built.metadata, metrics, plan.schema.source)
     if accelerator.is_main_process:
         print(format_metrics_table(numbers, plan.table_title))
         log(f"wrote {cfg.output_dir}")
