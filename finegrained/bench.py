@@ -59,7 +59,7 @@ def synthetic_corpus(n_words: int, seed: int) -> list[str]:
 def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
     """Save a policy dir and reward-model dirs under ``root``; returns (policy dir, reward config)."""
     from .models.tiny import tiny_causal_lm, train_tokenizer
-    from .rewards.train import init_reward_model_dir
+    from .rewards.directory import init_reward_model_dir
     from .schema import load_schema
     from .tasks.synthetic_qa import prompts
 
@@ -73,7 +73,7 @@ def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
     names = ["holistic"] if b.mode == "holistic" else ["relevance", "factuality", "completeness"]
     categories = {}
     if b.get("shared_rm", False) and b.mode == "fine_grained":
-        from .rewards.train_joint import init_joint_reward_model_dir
+        from .rewards.directory import init_joint_reward_model_dir
 
         directory = init_joint_reward_model_dir(
             [schema.category(n) for n in names], root / "rm-joint", tokenizer, n_layer=b.n_layer, hidden=b.n_embd,

@@ -10,12 +10,12 @@ import pytest
 
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.models.tiny import train_tokenizer
-from finegrained.rewards import train as train_rm
+from finegrained.commands import train_rm
 from finegrained.rewards.context import NoQuestionFound, PromptView, reward_model_prompt
 from finegrained.rewards.inference import METADATA_FILE, load_judge
 from finegrained.rewards.scorer import RewardScorer
 from finegrained.rewards.span_model import MARKER_TOKEN
-from finegrained.rewards.train_joint import init_joint_reward_model_dir
+from finegrained.rewards.directory import init_joint_reward_model_dir, init_reward_model_dir
 from finegrained.schema import Category, load_schema
 
 QA_PATTERN = load_schema("qa_feedback").question_pattern
@@ -124,7 +124,7 @@ def test_consistent_old_and_new_spellings_load(tmp_path):
 def _untrained_judge(tmp_path, tokenizer, context: str, kind: str):
     granularity = "sentence" if kind == "span" else "sequence"
     category = Category("c", granularity, kind, context=context)
-    directory = train_rm.init_reward_model_dir(category, tmp_path / f"{kind}-{context}", tokenizer, hidden=16,
+    directory = init_reward_model_dir(category, tmp_path / f"{kind}-{context}", tokenizer, hidden=16,
                                                n_layer=1, n_head=2, question_pattern=QA_PATTERN)  # fmt: skip
     judge = load_judge(directory, device="cpu")
     judge.tokenizer = RecordingTokenizer(judge.tokenizer)

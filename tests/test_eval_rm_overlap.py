@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from finegrained.rewards import evaluate as eval_rm
+from finegrained.commands import eval_rm
+from finegrained.rewards.directory import file_sha256, init_reward_model_dir
+from finegrained.rewards.evaluate import training_overlap
 from finegrained.rewards.inference import METADATA_FILE
-from finegrained.rewards.train import file_sha256, init_reward_model_dir
 from finegrained.models.tiny import train_tokenizer
 from finegrained.schema import load_schema
 
@@ -46,5 +47,5 @@ def test_overlap_with_the_training_file_is_counted_and_reported(tmp_path, capsys
     assert "warning" not in capsys.readouterr().err
 
     train.write_text(train.read_text() + json.dumps(span_record(7)) + "\n")  # changed since training
-    assert eval_rm.training_overlap(metadata, mixed)[0] == 0
-    assert "changed since training" in eval_rm.training_overlap(metadata, mixed)[2][0]
+    assert training_overlap(metadata, mixed)[0] == 0
+    assert "changed since training" in training_overlap(metadata, mixed)[2][0]

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from finegrained.errors import FinegrainedError
 from finegrained.models.tiny import train_tokenizer
-from finegrained.rewards import evaluate as eval_rm
-from finegrained.rewards import train as train_rm
+from finegrained.commands import eval_rm, train_rm
 from finegrained.rewards.inference import load_judge
 from finegrained.rewards.joint_model import (
     HEADS_FILE,
@@ -36,7 +35,7 @@ from finegrained.rewards.joint_model import (
 from finegrained.rewards.preference_model import bradley_terry_loss
 from finegrained.rewards.scorer import RewardScorer
 from finegrained.rewards.span_model import IGNORE_INDEX, MARKER_TOKEN, InputLayout, span_loss
-from finegrained.rewards.train_joint import endless_batches, in_step, joint_loss
+from finegrained.rewards.training import endless_batches, heads_loss, in_step
 from finegrained.schema import SegmentationConfig
 from finegrained.segment import get_segmenter
 from test_reward_models import _sentence, _tiny_pretrained_dirs, planted_preference_records, write_jsonl
@@ -254,7 +253,7 @@ def test_joint_loss_is_the_sum_of_each_categorys_loss():
     labels_b = torch.full((B, L), IGNORE_INDEX)  # no labelled marker of b in this batch
     weights = {"a": torch.tensor([1.0, 3.0]), "b": None}
     pair_rows = {"p": (torch.tensor([2]), torch.tensor([3]))}
-    loss, parts = joint_loss(outputs, {"a": labels_a, "b": labels_b}, pair_rows, weights)
+    loss, parts = heads_loss(outputs, {"a": labels_a, "b": labels_b}, pair_rows, weights)
     # reference: weighted mean cross-entropy over labelled positions, by hand
     log_probs = torch.log_softmax(outputs["a"], dim=-1)
     terms = [(weights["a"][y] * -log_probs[i, t, y], weights["a"][y]) for (i, t), y in (((0, 2), 1), ((1, 5), 0), ((1, 1), 1))]
@@ -285,7 +284,7 @@ def test_a_category_without_data_in_the_step_adds_nothing_but_stays_in_the_graph
     labels = torch.full((4, 3), IGNORE_INDEX)
     labels[0, 1] = 1
     empty = torch.zeros(0, dtype=torch.long)
-    loss, parts = joint_loss({"a": logits, "p": scores}, {"a": labels}, {"p": (empty, empty)}, {"a": None})
+    loss, parts = heads_loss({"a": logits, "p": scores}, {"a": labels}, {"p": (empty, empty)}, {"a": None})
     assert loss.item() == pytest.approx(span_loss(logits, labels).item()) and set(parts) == {"a"}
     loss.backward()
     assert scores.grad is not None and not scores.grad.any()

@@ -205,8 +205,8 @@ def _expected_metrics(labels: list[list]) -> dict:
 def test_train_rm_leaves_ignored_segments_out(ignore_data):
     from finegrained.labels import segment_labels_batch
     from finegrained.data import load_span_records
-    from finegrained.rewards import evaluate as eval_rm
-    from finegrained.rewards import train as train_rm
+    from finegrained.commands import eval_rm, train_rm
+    from finegrained.rewards.evaluate import evaluate_model_dir
     from finegrained.rewards.inference import load_judge
     from finegrained.schema import load_schema
 
@@ -235,7 +235,7 @@ def test_train_rm_leaves_ignored_segments_out(ignore_data):
     assert metrics["segment_accuracy"] == pytest.approx(sum(int(y) == int(p) for y, p in pairs) / len(pairs))
     assert metrics["majority_accuracy"] == pytest.approx(max(expected["error_fraction"], 1 - expected["error_fraction"]))
     # eval-rm applies the saved schema's rules: the same numbers
-    again = eval_rm.evaluate_model_dir(out, d["eval"])
+    again = evaluate_model_dir(out, d["eval"])
     assert {k: again[k] for k in ("n_ignored", "n_segments", "segment_accuracy", "error_f1")} == pytest.approx(
         {k: metrics[k] for k in ("n_ignored", "n_segments", "segment_accuracy", "error_f1")})
 
@@ -244,10 +244,10 @@ def test_joint_training_masks_ignored_markers(ignore_data):
     from transformers import AutoTokenizer
 
     from finegrained.data import load_span_records
-    from finegrained.rewards import train as train_rm
+    from finegrained.commands import train_rm
     from finegrained.rewards.span_model import IGNORE_INDEX
     from finegrained.rewards.context import PromptView
-    from finegrained.rewards.train_joint import JointEncoder
+    from finegrained.rewards.encoders import JointEncoder
     from finegrained.schema import load_schema
 
     d = ignore_data

@@ -118,7 +118,7 @@ def test_ppo_smoke_with_a_jsonl_task_and_a_64_position_policy(tmp_path, capsys):
 
 def test_reward_models_never_read_past_their_positions(tmp_path):
     from finegrained.rewards.inference import load_judge
-    from finegrained.rewards.train import init_reward_model_dir
+    from finegrained.rewards.directory import init_reward_model_dir
     from finegrained.schema import Category
 
     tok = train_tokenizer([LONG, SHORT] * 20, vocab_size=300)

@@ -98,7 +98,7 @@ def card_of(directory: Path) -> tuple[dict, str]:
 
 
 def test_train_rm_leaves_a_card_naming_category_and_metrics(tmp_path):
-    from finegrained.rewards import train as train_rm
+    from finegrained.commands import train_rm
 
     train = write_jsonl(tmp_path / "train.jsonl", zebra_span_records(24, seed=1))
     held_out = write_jsonl(tmp_path / "eval.jsonl", zebra_span_records(8, seed=2))

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from finegrained.config import compose
 from finegrained.models.tiny import train_tokenizer
 from finegrained.rewards.scorer import RewardScorer
-from finegrained.rewards.train import init_reward_model_dir
+from finegrained.rewards.directory import init_reward_model_dir
 from finegrained.schema import load_schema
 
 MODELS = {name: f"/rm/{name}" for name in ("relevance", "factuality", "completeness")}

@@ -35,10 +35,11 @@ from finegrained.model_dirs import (
     save_pretrained_dir,
 )
 from finegrained.models.tiny import tiny_causal_lm, tiny_encoder_config, train_tokenizer
-from finegrained.rewards import train as train_rm
+from finegrained.commands import train_rm
 from finegrained.rewards.inference import load_judge
 from finegrained.rewards.scorer import CategoryScorer, RewardScorer
-from finegrained.rewards.train_joint import init_joint_reward_model_dir
+from finegrained.rewards.training import main_process_output
+from finegrained.rewards.directory import init_joint_reward_model_dir, init_reward_model_dir, save_reward_model
 from finegrained.rl import checkpoint as ckpt
 from finegrained.rl import trainer as ppo
 from finegrained.schema import SegmentationConfig, load_schema
@@ -62,8 +63,8 @@ def pristine(tmp_path_factory, tokenizer, schema):
     """Valid directories of every kind, copied by the tests before they damage them."""
     root = tmp_path_factory.mktemp("pristine")
     small = {"n_layer": 1, "hidden": 16, "n_head": 2, "max_length": 64}
-    train_rm.init_reward_model_dir(schema.category("factuality"), root / "span_rm", tokenizer, **small)
-    train_rm.init_reward_model_dir(schema.category("completeness"), root / "preference_rm", tokenizer, **small)
+    init_reward_model_dir(schema.category("factuality"), root / "span_rm", tokenizer, **small)
+    init_reward_model_dir(schema.category("completeness"), root / "preference_rm", tokenizer, **small)
     init_joint_reward_model_dir([schema.category("relevance"), schema.category("completeness")], root / "joint_rm",
                                 tokenizer, **small)  # fmt: skip
     policy = tiny_causal_lm(tokenizer, n_layer=1, n_embd=16, n_head=2, n_positions=64, seed=0)
@@ -101,7 +102,7 @@ def test_non_finite_models_and_checkpoints_are_never_written(tmp_path, pristine,
     final = tmp_path / "rm"
     with pytest.raises(NonFiniteWeightsError) as info:
         with atomic_directory(final) as tmp:
-            train_rm.save_reward_model(tmp, judge.model, judge.tokenizer, judge.metadata, None)
+            save_reward_model(tmp, judge.model, judge.tokenizer, judge.metadata, None)
     assert str(final) in str(info.value) and repr(next(judge.model.named_parameters())[0]) in str(info.value)
     assert not final.exists() and temporaries(tmp_path) == []
 
@@ -124,7 +125,7 @@ def test_non_finite_models_and_checkpoints_are_never_written(tmp_path, pristine,
     pref = load_judge(pristine / "preference_rm", device="cpu")
     with pytest.raises(FinegrainedError, match="normalisation"):
         with atomic_directory(tmp_path / "pref") as tmp:
-            train_rm.save_reward_model(tmp, pref.model, pref.tokenizer, {**pref.metadata, "normalisation": {"mean": math.nan, "std": 1.0}}, None)
+            save_reward_model(tmp, pref.model, pref.tokenizer, {**pref.metadata, "normalisation": {"mean": math.nan, "std": 1.0}}, None)
     assert not (tmp_path / "pref").exists()
 
 
@@ -479,7 +480,7 @@ def test_ppo_and_train_rm_clear_their_temporaries_and_ppo_resumes_past_a_damaged
     left.mkdir()
     other = tmp_path / ".rm2.q1w2e3r4.tmp"
     other.mkdir()
-    with train_rm.main_process_output(SimpleNamespace(is_main_process=True), rm_out) as (tmp, _):
+    with main_process_output(SimpleNamespace(is_main_process=True), rm_out) as (tmp, _):
         (tmp / "finegrained.json").write_text("{}")
     assert not left.exists() and other.exists() and (rm_out / "finegrained.json").is_file()
 

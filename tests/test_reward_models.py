@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from finegrained.errors import FinegrainedError
 from finegrained.models.tiny import train_tokenizer
-from finegrained.rewards import evaluate as eval_rm
-from finegrained.rewards import train as train_rm
+from finegrained.commands import eval_rm, train_rm
+from finegrained.rewards.directory import init_reward_model_dir
 from finegrained.rewards.inference import load_judge
 from finegrained.rewards.span_model import (
     IGNORE_INDEX,
@@ -325,14 +325,14 @@ def test_pretrained_backbones_from_local_dirs(tmp_path, backbone):
 def test_init_reward_model_dir_is_loadable(tmp_path, bpe_tokenizer):
     span_category = Category("relevance", "sub_sentence", "span", ("Irrelevant",), uses_context=False)
     pref_category = Category("completeness", "sequence", "preference")
-    span_dir = train_rm.init_reward_model_dir(span_category, tmp_path / "span", bpe_tokenizer, hidden=32, n_layer=1)
-    pref_dir = train_rm.init_reward_model_dir(pref_category, tmp_path / "pref", bpe_tokenizer, hidden=32, n_layer=1)
+    span_dir = init_reward_model_dir(span_category, tmp_path / "span", bpe_tokenizer, hidden=32, n_layer=1)
+    pref_dir = init_reward_model_dir(pref_category, tmp_path / "pref", bpe_tokenizer, hidden=32, n_layer=1)
     span_judge, pref_judge = load_judge(span_dir, device="cpu"), load_judge(pref_dir, device="cpu")
     probs = span_judge(["x"], ["Cat runs. Dog sleeps."], [[(0, 9), (10, 21)]])
     assert len(probs[0]) == 2 and all(0.0 <= p <= 1.0 for p in probs[0])
     assert pref_judge.normalisation == {"mean": 0.0, "std": 1.0}
     with pytest.raises(FinegrainedError):
-        train_rm.init_reward_model_dir(pref_category, pref_dir, bpe_tokenizer)
+        init_reward_model_dir(pref_category, pref_dir, bpe_tokenizer)
 
 
 def test_user_errors_are_clear(tmp_path):

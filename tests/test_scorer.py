@@ -210,19 +210,17 @@ def test_more_config_errors(cfg, message):
 
 def test_real_untrained_reward_models(tmp_path):
     """Directories written by init_reward_model_dir load through the scorer; batch equals items alone."""
-    train_rm = pytest.importorskip("finegrained.rewards.train")
-    if not hasattr(train_rm, "init_reward_model_dir"):
-        pytest.skip("finegrained.rewards.train has no init_reward_model_dir")
+    from finegrained.rewards.directory import init_reward_model_dir
     from finegrained.models.tiny import train_tokenizer
     from finegrained.schema import Category, SegmentationConfig
 
     tokenizer = train_tokenizer(TEXTS[:2] * 20 + ["Cats run, dogs sleep, birds fly away now."] * 20, vocab_size=300,
                                 extra_special_tokens=["<seg>"])  # fmt: skip
     seg = SegmentationConfig(**SEG)
-    span_dir = train_rm.init_reward_model_dir(Category("relevance", "sub_sentence", "span", uses_context=False),
-                                              tmp_path / "rel", tokenizer, n_layer=1, hidden=32, segmentation=seg)  # fmt: skip
-    pref_dir = train_rm.init_reward_model_dir(Category("completeness", "sequence", "preference"), tmp_path / "comp",
-                                              tokenizer, n_layer=1, hidden=32, normalisation={"mean": 0.1, "std": 0.5})  # fmt: skip
+    span_dir = init_reward_model_dir(Category("relevance", "sub_sentence", "span", uses_context=False),
+                                     tmp_path / "rel", tokenizer, n_layer=1, hidden=32, segmentation=seg)  # fmt: skip
+    pref_dir = init_reward_model_dir(Category("completeness", "sequence", "preference"), tmp_path / "comp",
+                                     tokenizer, n_layer=1, hidden=32, normalisation={"mean": 0.1, "std": 0.5})  # fmt: skip
     scorer = RewardScorer.from_config(
         {"span_mode": "soft", "categories": {"relevance": {"model": str(span_dir), "weight": 0.3},
                                              "completeness": {"model": str(pref_dir), "weight": 0.3}}}, device="cpu")  # fmt: skip

@@ -165,7 +165,7 @@ def test_sft_and_reward_model_training_report_to_wandb(tmp_path, monkeypatch, co
                          "model.n_embd=16", "model.vocab_size=300", "train.progress=false", "train.log_every=1",
                          "log.report_to=[tensorboard,wandb]"]) == 0  # fmt: skip
     else:
-        from finegrained.rewards import train as train_rm
+        from finegrained.commands import train_rm
 
         data = tmp_path / "spans.jsonl"
         data.write_text("".join(json.dumps(record) + "\n" for record in span_records(40)), encoding="utf-8")

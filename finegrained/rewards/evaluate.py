@@ -1,8 +1,10 @@
-"""``finegrained eval-rm model=<dir> data=<jsonl>``: score a reward model on another annotated file.
+"""Reward-model evaluation: the metrics of a judge on annotated data, during training and after.
 
-Writes the same ``metrics.json`` that training writes (span models: segment accuracy, error
-precision/recall/F1 and the two trivial baselines; preference models: pairwise accuracy), by default to
-``<model>/eval/<data file stem>/metrics.json``, and prints the metrics as a table.
+``evaluate_model_dir(model_dir, data)`` scores a trained directory on another annotated file and returns
+the metrics that training writes to ``metrics.json`` (span models: segment accuracy, error
+precision/recall/F1 and the two trivial baselines; preference models: pairwise accuracy; joint models:
+``<category>/<metric>``); ``warn_about_overlap`` logs when that file holds training records. The
+command line ``finegrained eval-rm`` (``commands.eval_rm``) writes them and prints them as a table.
 """
 
 from __future__ import annotations
@@ -11,19 +13,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import compose_from_argv, log
+from ..config import log
 from ..errors import FinegrainedError
-from .inference import JOINT_KIND, METRICS_FILE, RewardModelJudge, load_judge, read_metadata
+from .directory import SCHEMA_COPY, file_sha256
+from .inference import JOINT_KIND, RewardModelJudge, load_judge, read_metadata
 from .preference_model import PreferencePair, load_preference_pairs, pairwise_metrics
 from .span_model import LABEL_CLEAN, LABEL_ERROR, SpanExample, load_span_examples, span_examples_from_records, span_metrics
-
-SCHEMA_COPY = "schema.yaml"
-
-USAGE = """usage: finegrained eval-rm model=<reward model dir> data=<jsonl> [output_dir=<dir>] [batch_size=N]
-
-Scores the reward model on an annotated file of its category (span JSONL for span models, preference
-JSONL for preference models) and writes metrics.json (default: <model>/eval/<data stem>/). A joint model
-(train-rm categories=[...]) is scored on every one of its categories the file holds, as <category>/<metric>."""
 
 
 def evaluate_span_judge(judge: RewardModelJudge, examples: Sequence[SpanExample], threshold: float = 0.5) -> dict:
@@ -208,8 +203,6 @@ def training_overlap(metadata: dict, data: str | Path) -> tuple[int, int, list[s
     """``(overlapping, records, notes)``: how many records of ``data`` the model was trained on, judged by
     prompt and output text against the training files named in ``finegrained.json`` (a file whose hash
     changed since training is not trusted), and notes on what could not be checked."""
-    from .train import file_sha256
-
     keys = file_text_keys(data)
     data_sha = file_sha256(data)
     seen: set[str] = set()
@@ -239,29 +232,3 @@ def warn_about_overlap(metadata: dict, data: Path) -> int:
     for note in notes:
         log(f"note: {note}")
     return overlap
-
-
-def main(argv: list[str]) -> int:
-    from ..io import atomic_write_json
-
-    # ``model`` is also the name of a config group (conf/model/), which Hydra would try to select, so the
-    # documented ``model=<dir>`` is read as the plain key ``model_dir``.
-    argv = [f"model_dir={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
-    cfg = compose_from_argv("eval_rm", argv, usage=USAGE)
-    if cfg is None:
-        return 0
-    if not cfg.get("model_dir") or not cfg.get("data"):
-        raise FinegrainedError("finegrained eval-rm: give model=<reward model dir> and data=<jsonl>")
-    model_dir = Path(cfg.model_dir)
-    data = Path(cfg.data)
-    metrics = evaluate_model_dir(model_dir, data, cfg.get("schema"), int(cfg.batch_size), cfg.get("device"))
-    overlap = warn_about_overlap(read_metadata(model_dir), data)
-    metrics = {**metrics, "data": str(data), "records_in_training_data": overlap}
-    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else model_dir / "eval" / data.stem
-    atomic_write_json(output_dir / METRICS_FILE, metrics)
-    print(format_metrics_table({k: v for k, v in metrics.items() if k not in ("data", "records_in_training_data")},
-                               f"eval-rm: {data.name}"))  # fmt: skip
-    if overlap:
-        print(f"warning: {overlap} of these records are in the model's training data")
-    log(f"wrote {output_dir / METRICS_FILE}")
-    return 0

@@ -9,8 +9,7 @@ pass under ``torch.inference_mode``; there is no per-sample loop over the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,10 @@ import torch
 
 from ..model_dirs import FORMAT_VERSION, JOINT_KIND, METADATA_FILE, read_reward_metadata
 from ..schema import SegmentationConfig
+from .backbone import backbone_max_length
 from .context import PromptView
+from .joint_model import JointJudge, load_joint_model
+from .judging import JudgeCall, judging
 from .preference_model import encode_sequence_inputs, pad_sequences
 from .span_model import InputLayout, encode_span_input, marker_error_probabilities, pad_windows, segment_type_count
 
@@ -54,32 +56,6 @@ def load_reward_tokenizer(model_dir: str | Path, model, metadata: dict[str, Any]
     return tokenizer
 
 
-@contextmanager
-def judging(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and ``torch.inference_mode`` for the block; the model's train/eval mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-class JudgeCall:
-    """``judge(prompts, completions, segments)`` for span judges, ``judge(prompts, completions)`` for
-    sequence judges, dispatched on ``self.kind`` to ``score_segments`` / ``score_sequences``."""
-
-    kind: str
-
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str], segments=None):
-        if self.kind == "span":
-            if segments is None:
-                raise TypeError(f"{self!r} is a span judge: call it with (prompts, completions, segments)")
-            return self.score_segments(prompts, completions, segments)
-        return self.score_sequences(prompts, completions)
-
-
 class RewardModelJudge(JudgeCall):
     """A trained reward model as a judge.
 
@@ -104,8 +80,6 @@ class RewardModelJudge(JudgeCall):
         self.segmentation = SegmentationConfig(**metadata.get("segmentation", {}))
         self.max_length: int = int(metadata["max_length"])
         if getattr(model, "config", None) is not None:
-            from .train import backbone_max_length  # train imports this module
-
             # never more tokens than the backbone has positions, whatever the metadata says
             self.max_length = backbone_max_length(model, tokenizer, self.max_length)
         self.layout = InputLayout.for_tokenizer(tokenizer)
@@ -206,8 +180,6 @@ def load_judge(model_dir: str | Path, device=None, batch_size: int = 32):
 
 
 def _load_joint_judge(model_dir: str | Path, metadata: dict[str, Any], device: torch.device, batch_size: int):
-    from .joint_model import JointJudge, load_joint_model
-
     model = load_joint_model(model_dir, metadata)
     tokenizer = load_reward_tokenizer(model_dir, model.backbone, metadata)
     model.to(device).eval()

@@ -16,7 +16,7 @@ All categories see the same input, so they share one context mode (``context.joi
 refuses mixed modes at training time); the view is stored at the top of ``finegrained.json``. Older
 directories without it show the whole prompt when any category had ``uses_context`` (as trained).
 
-Trained by ``finegrained train-rm categories=[...]`` (``train_joint``); the directory holds the backbone
+Trained by ``finegrained train-rm categories=[...]`` (``train``); the directory holds the backbone
 (``save_pretrained``, safetensors), the tokenizer, the heads (``heads.safetensors``) and
 ``finegrained.json`` with ``kind: joint`` and one entry per category under ``categories``.
 """
@@ -29,9 +29,11 @@ from typing import Any
 
 import torch
 
+from ..model_dirs import JOINT_KIND
 from ..schema import SegmentationConfig
+from .backbone import auto_backbone
 from .context import PromptView
-from .inference import JOINT_KIND, JudgeCall, judging
+from .judging import JudgeCall, judging
 from .span_model import (
     InputLayout,
     SpanWindow,
@@ -106,20 +108,6 @@ class JointRewardModel(torch.nn.Module):
             name: head(hidden) if self.kinds[name] == "span" else head(pooled)[:, 0]
             for name, head in self.heads.items()
         }
-
-
-def auto_backbone(factory, *args, **kwargs) -> torch.nn.Module:
-    """``AutoModel.from_config`` / ``from_pretrained`` without BERT's pooler where the model has one.
-
-    The pooler is never used here, and unused parameters break DDP; models without the option
-    (decoders) are built as they are.
-    """
-    try:
-        return factory(*args, add_pooling_layer=False, **kwargs)
-    except TypeError:
-        return factory(*args, **kwargs)
-
-
 
 
 def load_joint_model(directory: str | Path, metadata: Mapping[str, Any]) -> JointRewardModel:

@@ -183,56 +183,66 @@ def _build_category(
     if bool(model) == bool(judge_cfg):
         raise FinegrainedError(f"{where}: give exactly one of model=<reward model dir> or judge={{_target_: ...}}")
     if model:
-        if not (Path(str(model)) / "finegrained.json").is_file():
-            raise FinegrainedError(
-                f"{where}.model: {model} is not a reward-model directory (no finegrained.json); "
-                "train one with 'finegrained train-rm'"
-            )
-        from .inference import load_judge
-        from .joint_model import JointJudge
-
-        loaded = {} if loaded is None else loaded
-        key = str(Path(str(model)).resolve())
-        if key not in loaded:
-            loaded[key] = load_judge(str(model), device=device)
-        judge = loaded[key]
-        if isinstance(judge, JointJudge):
-            if name not in judge.categories:
-                raise FinegrainedError(
-                    f"{where}.model: {model} is a joint reward model of {', '.join(judge.categories)}; "
-                    f"it has no category {name!r} (name the entry after one of them)"
-                )
-            judge = judge.view(name)
-        kind, granularity, seg = judge.kind, judge.granularity, judge.segmentation
-        for key, actual in (("kind", kind), ("granularity", granularity)):
-            given = entry.get(key)
-            if given is not None and given != actual:
-                raise FinegrainedError(f"{where}.{key}: {given!r} but the reward model {model} is {actual!r}")
-        if kind == "preference":
-            if entry.get("normalisation") is not None:
-                norm = entry.get("normalisation")  # an explicit override of the saved statistics
-            else:
-                norm = judge.normalisation
-                if norm is None:
-                    log.warning("%s: the reward model %s has no saved normalisation; using mean 0, std 1", where, model)
-        else:
-            norm = None
+        judge, kind, granularity, seg, norm = _model_judge(where, name, entry, model, device, loaded)
     else:
-        kind, granularity = entry.get("kind"), entry.get("granularity")
-        if kind not in ("span", "preference"):
-            raise FinegrainedError(f"{where}.kind: a rule judge needs kind: span or preference, got {kind!r}")
-        if granularity not in GRANULARITIES or (kind == "preference") != (granularity == "sequence"):
-            raise FinegrainedError(
-                f"{where}.granularity: got {granularity!r}; expected sequence for a preference category, "
-                f"sub_sentence or sentence for a span category"
-            )
-        if not isinstance(judge_cfg, Mapping) or "_target_" not in judge_cfg:
-            raise FinegrainedError(f"{where}.judge: expected {{_target_: <module.factory>, ...arguments}}, got {judge_cfg!r}")
-        judge = _instantiate_judge(where, judge_cfg)
-        norm = entry.get("normalisation")
-        seg = segmentation
+        judge, kind, granularity, seg, norm = _rule_judge(where, entry, judge_cfg, segmentation)
     mean, std = _normalisation(f"{where}.normalisation", norm)
     return CategoryScorer(name, kind, granularity, weight, mode, judge, seg, mean, std)
+
+
+def _model_judge(where: str, name: str, entry, model, device, loaded: dict | None):
+    """``(judge, kind, granularity, segmentation, normalisation)`` of an entry naming a reward-model directory
+    (``loaded`` caches judges by directory, so categories of one joint model share it)."""
+    if not (Path(str(model)) / "finegrained.json").is_file():
+        raise FinegrainedError(
+            f"{where}.model: {model} is not a reward-model directory (no finegrained.json); "
+            "train one with 'finegrained train-rm'"
+        )
+    from .inference import load_judge
+    from .joint_model import JointJudge
+
+    loaded = {} if loaded is None else loaded
+    key = str(Path(str(model)).resolve())
+    if key not in loaded:
+        loaded[key] = load_judge(str(model), device=device)
+    judge = loaded[key]
+    if isinstance(judge, JointJudge):
+        if name not in judge.categories:
+            raise FinegrainedError(
+                f"{where}.model: {model} is a joint reward model of {', '.join(judge.categories)}; "
+                f"it has no category {name!r} (name the entry after one of them)"
+            )
+        judge = judge.view(name)
+    kind, granularity, seg = judge.kind, judge.granularity, judge.segmentation
+    for key, actual in (("kind", kind), ("granularity", granularity)):
+        given = entry.get(key)
+        if given is not None and given != actual:
+            raise FinegrainedError(f"{where}.{key}: {given!r} but the reward model {model} is {actual!r}")
+    if kind == "preference":
+        if entry.get("normalisation") is not None:
+            norm = entry.get("normalisation")  # an explicit override of the saved statistics
+        else:
+            norm = judge.normalisation
+            if norm is None:
+                log.warning("%s: the reward model %s has no saved normalisation; using mean 0, std 1", where, model)
+    else:
+        norm = None
+    return judge, kind, granularity, seg, norm
+
+
+def _rule_judge(where: str, entry, judge_cfg, segmentation: SegmentationConfig):
+    """``(judge, kind, granularity, segmentation, normalisation)`` of an entry naming a rule judge (``judge:``)."""
+    kind, granularity = entry.get("kind"), entry.get("granularity")
+    if kind not in ("span", "preference"):
+        raise FinegrainedError(f"{where}.kind: a rule judge needs kind: span or preference, got {kind!r}")
+    if granularity not in GRANULARITIES or (kind == "preference") != (granularity == "sequence"):
+        raise FinegrainedError(
+            f"{where}.granularity: got {granularity!r}; expected sequence for a preference category, "
+            f"sub_sentence or sentence for a span category"
+        )
+    if not isinstance(judge_cfg, Mapping) or "_target_" not in judge_cfg:
+        raise FinegrainedError(f"{where}.judge: expected {{_target_: <module.factory>, ...arguments}}, got {judge_cfg!r}")
+    return _instantiate_judge(where, judge_cfg), kind, granularity, segmentation, entry.get("normalisation")
 
 
 def _instantiate_judge(where: str, judge_cfg: Mapping) -> Callable:

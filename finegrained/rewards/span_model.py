@@ -162,7 +162,12 @@ def encode_span_input(
         types.extend([0] * len(layout.suffix))
         return [SpanWindow(ids, markers, list(range(len(pieces))), len(prompt_ids), prompt_total, types)]
 
-    # The completion alone does not fit: pack whole segments into prompt-less windows.
+    return _pack_segments(pieces, layout, marker_id, room, n_types)
+
+
+def _pack_segments(pieces: list[list[int]], layout: InputLayout, marker_id: int, room: int, n_types: int) -> list[SpanWindow]:
+    """Whole segments (their token ``pieces``) packed into prompt-less windows of at most ``room`` tokens
+    between the layout's prefix and suffix, for a completion that does not fit in one."""
     windows: list[SpanWindow] = []
     current: list[int] = list(layout.prefix)
     types: list[int] = [0] * len(current)
