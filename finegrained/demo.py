@@ -199,13 +199,13 @@ def ppo_overrides(cfg: DictConfig, method: str, rm_dirs: dict[str, Path], policy
 
 
 def stage_ppo(cfg: DictConfig, out: Path, seed: int, method: str, rm_dirs, policy_dir: Path) -> Path:
-    from .rl import trainer
+    from .commands import ppo as ppo_command
 
     run_dir = out / "ppo" / f"{method}-seed{seed}"
     if not (run_dir / "final").is_dir():
         resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else []
         run_command(
-            trainer.main,
+            ppo_command.main,
             [f"output_dir={run_dir}", f"seed={seed}", *resume, *ppo_overrides(cfg, method, rm_dirs, policy_dir)],
             f"{method} PPO, seed {seed}",
         )

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from finegrained.config import compose
 from finegrained.errors import FinegrainedError
 from finegrained.plots import read_scalars
+from finegrained.commands import ppo as ppo_command
 from finegrained.rl import trainer as ppo
 from finegrained.rl.checkpoint import checkpoint_dirs
 
@@ -29,7 +30,7 @@ def smoke(tmp_path: Path, *overrides: str):
 
 
 def test_smoke_run_leaves_checkpoints_final_and_tensorboard(tmp_path):
-    assert ppo.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"]) == 0
+    assert ppo_command.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"]) == 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter-4", "iter-6"]  # keep 2
     assert {"policy.safetensors", "value.safetensors", "optimizer.pt", "rng.pt", "state.json"} <= {
         p.name for p in (tmp_path / "checkpoints" / "iter-6").iterdir()
@@ -48,7 +49,7 @@ def test_smoke_run_leaves_checkpoints_final_and_tensorboard(tmp_path):
         assert sorted(scalars[tag]) == [1, 2, 3, 4, 5, 6], tag
     # a second run into the same directory is refused unless resumed or overwritten
     with pytest.raises(FinegrainedError, match="resume=true"):
-        ppo.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"])
+        ppo_command.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"])
 
 
 @pytest.mark.slow
