@@ -405,7 +405,7 @@ class Learner:
         self.kl_ctl.update(sequence_kl, self.cfg.ppo.batch_size * self.group_size)
         self.iteration += 1
         if self._dump_stats:
-            self._write_stats(kl, mask, sequence_kl)
+            self._write_stats(kl, mask, sequence_kl, prompts)
         stats.update({
             "reward/total": float(traj.rewards.sum(-1).mean()),
             "kl": sequence_kl,
@@ -436,10 +436,10 @@ class Learner:
         mean, var = F.global_masked_moments(x, mask, self.sum_across)
         self._stats_record[name] = {"values": x[mask.bool()].tolist(), "mean": float(mean), "var": float(var)}
 
-    def _write_stats(self, kl: torch.Tensor, mask: torch.Tensor, sequence_kl: float) -> None:
+    def _write_stats(self, kl: torch.Tensor, mask: torch.Tensor, sequence_kl: float, prompts: list[str]) -> None:
         record = {
             "rank": self.accelerator.process_index, "iteration": self.iteration, "kl_coef": self.kl_ctl.value,
-            "kl": sequence_kl, "sequence_kl": (kl * mask).sum(-1).tolist(), **self._stats_record,
+            "kl": sequence_kl, "sequence_kl": (kl * mask).sum(-1).tolist(), "prompts": prompts, **self._stats_record,
         }  # fmt: skip
         atomic_write_json(self.out / "rl_stats" / f"iter-{self.iteration}-rank-{self.accelerator.process_index}.json", record)
 
