@@ -442,6 +442,8 @@ DEMO = {
     "annotators": Int("simulated annotators (ann-0 ..), each record annotated by one", low=1),
     "label_noise": Float("probability that a simulated annotator flips a judgement", low=0, high=1),
     "shared_rm": Bool("also a joint reward model on one backbone and a fine-grained PPO run with it"),
+    "algorithms": Choices(("ppo", "grpo"), "learners compared: [ppo] | [ppo,grpo] (also fine-grained and holistic "
+                          "GRPO, 4 samples per prompt, the same episodes)"),
     "sft_overrides": Setting("overrides of the SFT stage", "list", overrides_for="sft"),
     "sft_policy": Str("start from this trained SFT policy directory instead of stage 1; `shipped`: the one the "
                       "package ships (the full demo's seed-0 SFT policy); null: train it", nullable=True),
@@ -457,6 +459,8 @@ DEMO = {
 BENCH = {
     "output_dir": Str("where bench.json (and profile.txt) go"),
     "seed": Int("random seed", low=0),
+    "bench.algorithm": Choice(("ppo", "grpo", "rloo"), "the learner timed (grpo, rloo: batch_size episodes as "
+                              "batch_size / 4 prompts x 4 samples; batch_size a multiple of 4)"),
     "bench.mode": Choice(("holistic", "fine_grained"), "holistic: one sequence reward model; fine_grained: three categories"),
     "bench.n_layer": Int("layers of every model", low=1),
     "bench.n_embd": Int("width of every model", low=1),

@@ -197,3 +197,24 @@ def test_clipped_surrogate_matches_a_loop():
             u, c = -a * ratio, -a * min(max(ratio, 0.8), 1.2)
             assert math.isclose(float(loss[b, t]), max(u, c), rel_tol=1e-5, abs_tol=1e-7)
             assert float(clipped[b, t]) == float(c > u)
+
+
+def test_the_worked_example_of_the_architecture_notes():
+    """docs/ARCHITECTURE.md, finegrained.rl.advantages: two samples' segment rewards -> token advantages."""
+    rewards, positions = torch.zeros(2, 5, 2), torch.zeros(2, 5, 2, dtype=torch.bool)
+    for b, t, k, r in [(0, 1, 0, 0.0), (0, 4, 0, -0.5), (0, 4, 1, 0.24), (1, 2, 0, 0.0), (1, 2, 1, -0.15)]:
+        rewards[b, t, k], positions[b, t, k] = r, True
+    mask = torch.arange(5)[None] < torch.tensor([5, 3])[:, None]
+    weights = torch.tensor([0.5, 0.3])
+    documented = {
+        ("grpo", "per_category", True): [[-0.0765, -0.0765, -0.3652, -0.3652, -0.3652], [0.0765] * 3 + [0, 0]],
+        ("grpo", "sum", True): [[0.1022, 0.1022, -0.945, -0.945, -0.945], [-0.1022] * 3 + [0, 0]],
+        ("rloo", "per_category", False): [[-0.11] * 5, [-0.14] * 3 + [0, 0]],
+    }
+    for (estimator, order, scale_std), want in documented.items():
+        got, _, _ = A.critic_free_advantages(rewards, positions, mask, weights, 2, estimator, order, scale_std, eps=0.0)
+        torch.testing.assert_close(got, torch.tensor(want), atol=6e-5, rtol=0)
+    # and the table's intermediate numbers, by hand
+    fact = [0.0, -0.5, 0.0]
+    assert math.isclose(statistics.fmean(fact), -1 / 6) and math.isclose(statistics.stdev(fact), 0.288675, rel_tol=1e-5)
+    assert math.isclose(statistics.stdev([0.24, -0.15]), 0.275772, rel_tol=1e-5)
