@@ -17,14 +17,7 @@ One iteration, as the code below reads:
 A subclass says what its algorithm adds: ``build_critic`` (a value model, or None), ``estimate``
 (advantages from a rollout), ``minibatch_loss`` and ``iteration_stats``; everything else is here.
 
-Launching on several devices (the output directory is resolved before processes start)::
-
-    finegrained ppo experiment=smoke                                             # one process
-    torchrun --nproc_per_node 2 -m finegrained.cli ppo experiment=smoke accelerate.cpu=true   # 2 CPU procs (gloo)
-    accelerate launch --config_file conf/accelerate/cpu_2proc.yaml -m finegrained.cli ppo experiment=smoke accelerate.cpu=true
-    accelerate launch --config_file conf/accelerate/ddp.yaml -m finegrained.cli ppo ...       # multi-GPU DDP
-    accelerate launch --config_file conf/accelerate/fsdp.yaml -m finegrained.cli ppo ...      # FSDP
-    accelerate launch --config_file conf/accelerate/deepspeed_zero2.yaml -m finegrained.cli ppo ...  # ZeRO-2
+Launching on several devices: ``rl/ppo.py`` (the same for ``grpo`` and ``rloo``).
 """
 
 from __future__ import annotations
