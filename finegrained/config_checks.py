@@ -254,7 +254,8 @@ def check_values(config_name: str, cfg: DictConfig) -> list[Problem]:
     for rule in command.rules:
         if all(k in valid for k in rule.keys) and not rule.test(*(valid[k] for k in rule.keys)):
             others = ", ".join(f"{k}={_shown(valid[k])}" for k in rule.keys[1:])
-            found.append(problem(config_name, rule.keys[0], f"{_shown(valid[rule.keys[0]])}: {rule.message} ({others})"))
+            found.append(problem(config_name, rule.keys[0], f"{_shown(valid[rule.keys[0]])}: {rule.message}"
+                                 + (f" ({others})" if others else "")))  # a one-key rule has no others to show
     return found
 
 
