@@ -89,12 +89,23 @@ def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
     return str(policy_dir), {"span_mode": "hard", "categories": categories}
 
 
+# bench.algorithm=grpo|rloo: bench.batch_size episodes as prompts x this many samples
+CRITIC_FREE_SAMPLES = 4
+
+
+def bench_algorithm(b: DictConfig) -> str:
+    return b.get("algorithm", "ppo")
+
+
 def ppo_config(cfg: DictConfig, policy_dir: str, reward: dict, run_dir: Path) -> DictConfig:
     b = cfg.bench
     minibatch = max(1, b.batch_size // b.minibatches)
-    ppo_cfg = compose("ppo", [
+    algorithm = bench_algorithm(b)
+    samples = 1 if algorithm == "ppo" else CRITIC_FREE_SAMPLES
+    ppo_cfg = compose(algorithm, [
         "policy=pretrained", f"policy.name_or_path={policy_dir}", f"output_dir={run_dir}", "overwrite=true",
-        f"seed={cfg.seed}", f"ppo.iterations={b.iterations}", f"ppo.batch_size={b.batch_size}",
+        f"seed={cfg.seed}", f"ppo.iterations={b.iterations}", f"ppo.batch_size={b.batch_size // samples}",
+        *([f"ppo.samples_per_prompt={samples}"] if samples > 1 else []),
         f"ppo.minibatch_size={minibatch}", f"ppo.epochs={b.ppo_epochs}", f"generation.max_new_tokens={b.response_length}",
         f"generation.min_new_tokens={b.response_length}", "checkpoint.every=0", "log.progress=false", "log.samples_every=0",
         f"value.shared={str(bool(b.shared_value)).lower()}", f"lora.r={b.lora_r}", f"bf16={str(bool(b.bf16)).lower()}",
@@ -196,11 +207,11 @@ def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
         else:  # LoRA: the reference is the policy with its adapters off
             with policy.disable_adapter():
                 policy(input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=T + 1)
-        if not cfg.value.shared:
+        if trainer.value is not None and not cfg.value.shared:
             trainer.value(ids, attention, position_ids)
     forward_seconds = time.perf_counter() - started
     B, mb = ids.shape[0], max(1, min(cfg.ppo.minibatch_size, ids.shape[0]))
-    shared = bool(cfg.value.shared)
+    shared = bool(cfg.value.shared) and trainer.value is not None
     started = time.perf_counter()
     for _ in range(cfg.ppo.epochs):
         for i in range(0, B, mb):
@@ -209,7 +220,9 @@ def bare_iteration_seconds(trainer, prompts: list[str]) -> dict[str, float]:
                 out = trainer.policy(input_ids=ids[rows], attention_mask=attention[rows], position_ids=position_ids[rows],
                                      logits_to_keep=T + 1, output_hidden_states=shared)  # fmt: skip
                 logprobs = logprobs_from_logits(out.logits[:, :-1].float(), response_ids[rows])
-                if shared:
+                if trainer.value is None:  # critic-free: no value model
+                    values = torch.zeros(())
+                elif shared:
                     values = trainer.value(out.hidden_states[-1][:, P - 1 : -1])
                 else:
                     values = trainer.value(ids[rows], attention[rows], position_ids[rows])[:, P - 1 : -1]
@@ -245,6 +258,9 @@ def check_bench_config(b: DictConfig) -> None:
         raise FinegrainedError(f"bench.lora_r={b.lora_r}: expected 0 (off) or a positive rank")
     if b.get("shared_rm", False) and b.mode != "fine_grained":
         raise FinegrainedError("bench.shared_rm=true needs bench.mode=fine_grained (holistic has one reward model)")
+    if bench_algorithm(b) != "ppo" and b.batch_size % CRITIC_FREE_SAMPLES:
+        raise FinegrainedError(f"bench.batch_size={b.batch_size}: bench.algorithm={bench_algorithm(b)} samples "
+                               f"{CRITIC_FREE_SAMPLES} per prompt, so the batch must be a multiple of {CRITIC_FREE_SAMPLES}")
     if b.get("bare_repeats", 0) < 0:
         raise FinegrainedError(f"bench.bare_repeats={b.bare_repeats}: expected 0 or more")
 
@@ -284,7 +300,7 @@ def model_state_mb(trainer) -> dict[str, float]:
     state = {
         "policy": size(unwrap(trainer.policy).parameters()),
         "reference": size(trainer.reference.parameters()) if trainer.reference is not None else 0.0,
-        "value": size(unwrap(trainer.value).parameters()),
+        "value": size(unwrap(trainer.value).parameters()) if trainer.value is not None else 0.0,
         "reward_models": size(p for model in judges for p in model.parameters()),
         "optimizer": size(v for s in trainer.optimizer.state.values() for v in s.values()),
     }
@@ -303,7 +319,7 @@ def run_bench(cfg: DictConfig) -> dict:
         root = Path(tmp)
         log(f"[bench] building {b.mode} models: {b.n_layer} layers x {b.n_embd}, vocabulary {b.vocab_size}")
         policy_dir, reward = build_models(b, root, cfg.seed)
-        trainer = build_trainer(ppo_config(cfg, policy_dir, reward, root / "run"))
+        trainer = build_trainer(ppo_config(cfg, policy_dir, reward, root / "run"), bench_algorithm(b))
         iteration_seconds, phases = [], {p: [] for p in PHASES}
         bare_runs: list[dict[str, float]] = []
         # Bare measurements alternate with the last iterations so that both see the same machine load.

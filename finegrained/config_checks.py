@@ -41,10 +41,14 @@ def problem(config_name: str, key: str | None, message: str) -> Problem:
 # -- config groups ------------------------------------------------------------------------------------
 @functools.cache
 def group_defaults(config_name: str) -> dict[str, str | None]:
-    """Group -> default option, from the defaults list of ``conf/<config_name>.yaml`` (in its order)."""
+    """Group -> default option, from the defaults list of ``conf/<config_name>.yaml`` (in its order); a
+    plain entry naming another top-level config (grpo.yaml's ``- ppo``) contributes that config's groups."""
     raw = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     found: dict[str, str | None] = {}
     for entry in raw.get("defaults", []) or []:
+        if isinstance(entry, str) and entry != "_self_" and (CONF_DIR / f"{entry}.yaml").is_file():
+            found.update(group_defaults(entry))
+            continue
         if isinstance(entry, str) or not hasattr(entry, "items"):
             continue  # _self_
         for group, option in entry.items():
@@ -267,7 +271,8 @@ def check_values(config_name: str, cfg: DictConfig) -> list[Problem]:
     for rule in command.rules:
         if all(k in valid for k in rule.keys) and not rule.test(*(valid[k] for k in rule.keys)):
             others = ", ".join(f"{k}={_shown(valid[k])}" for k in rule.keys[1:])
-            found.append(problem(config_name, rule.keys[0], f"{_shown(valid[rule.keys[0]])}: {rule.message} ({others})"))
+            found.append(problem(config_name, rule.keys[0], f"{_shown(valid[rule.keys[0]])}: {rule.message}"
+                                 + (f" ({others})" if others else "")))  # a one-key rule has no others to show
     return found
 
 

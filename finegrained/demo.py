@@ -42,8 +42,36 @@ JOINT_CATEGORIES = ("relevance", "factuality", "completeness")
 
 
 def methods(cfg: DictConfig) -> tuple[str, ...]:
-    """The PPO runs of this demo: fine-grained and holistic, plus the shared-backbone run when asked."""
-    return (*METHODS, SHARED_METHOD) if cfg.get("shared_rm", False) else METHODS
+    """The PPO runs of this demo: fine-grained and holistic, plus the shared-backbone run when asked, plus
+    fine-grained and holistic GRPO with ``algorithms=[ppo,grpo]``."""
+    algorithms = list(cfg.get("algorithms", ["ppo"]))
+    if "ppo" not in algorithms:
+        raise FinegrainedError(f"algorithms={algorithms}: must include ppo (the demo's verdict compares its PPO runs)")
+    runs = (*METHODS, SHARED_METHOD) if cfg.get("shared_rm", False) else METHODS
+    return (*runs, *GRPO_METHODS) if "grpo" in algorithms else runs
+
+
+# algorithms=[ppo,grpo]: critic-free GRPO on the same rewards, G samples per prompt and batch_size / G prompts,
+# so that every run trains on the same number of episodes
+GRPO_METHODS = ("grpo_fine_grained", "grpo_holistic")
+GRPO_SAMPLES = 4
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    """A run's directory: ppo/<method>-seed<s>, grpo/<fine_grained|holistic>-seed<s>."""
+    if method in GRPO_METHODS:
+        return out / "grpo" / f"{method.removeprefix('grpo_')}-seed{seed}"
+    return out / "ppo" / f"{method}-seed{seed}"
+
+
+def grpo_overrides(cfg: DictConfig, ppo_run: list[str]) -> list[str]:
+    """The GRPO run of a PPO run's overrides: the same episodes per iteration as batch_size / G prompts."""
+    from .config import compose
+
+    episodes = int(compose("ppo", ppo_run).ppo.batch_size)
+    if episodes % GRPO_SAMPLES:
+        raise FinegrainedError(f"algorithms=[ppo,grpo]: the PPO batch of {episodes} episodes is not a multiple of {GRPO_SAMPLES}")
+    return [*ppo_run, f"ppo.batch_size={episodes // GRPO_SAMPLES}", f"ppo.samples_per_prompt={GRPO_SAMPLES}"]
 
 
 def seed_list(seeds) -> list[int]:
@@ -196,17 +224,21 @@ def ppo_overrides(cfg: DictConfig, method: str, rm_dirs: dict[str, Path], policy
 
 
 def stage_ppo(cfg: DictConfig, out: Path, seed: int, method: str, rm_dirs, policy_dir: Path) -> Path:
-    from .rl.trainer import PPOTrainer
+    from .rl.trainer import GRPOTrainer, PPOTrainer
 
-    run_dir = out / "ppo" / f"{method}-seed{seed}"
-    if not (run_dir / "final").is_dir():
-        resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else []
-        run_stage(
-            "ppo",
-            [f"output_dir={run_dir}", f"seed={seed}", *resume, *ppo_overrides(cfg, method, rm_dirs, policy_dir)],
-            f"{method} PPO, seed {seed}", lambda ppo_cfg: PPOTrainer(ppo_cfg).train(),
-        )
-    return run_dir / "final"
+    directory = run_dir(out, method, seed)
+    if not (directory / "final").is_dir():
+        resume = ["resume=true"] if (directory / "checkpoints").is_dir() else []
+        overrides = [f"output_dir={directory}", f"seed={seed}", *resume]
+        if method in GRPO_METHODS:
+            config_name, trainer = "grpo", GRPOTrainer
+            overrides += grpo_overrides(cfg, ppo_overrides(cfg, method.removeprefix("grpo_"), rm_dirs, policy_dir))
+        else:
+            config_name, trainer = "ppo", PPOTrainer
+            overrides += ppo_overrides(cfg, method, rm_dirs, policy_dir)
+        what = f"{method} {config_name.upper()}, seed {seed}"
+        run_stage(config_name, overrides, what, lambda run_cfg: trainer(run_cfg).train())
+    return directory / "final"
 
 
 # 5. Evaluation ----------------------------------------------------------------------------------------
@@ -269,6 +301,10 @@ def verdict(policies: dict[str, dict]) -> str:
         + (" (as Wu et al. 2023 found)" if fg_wins == n else "; the expected result did NOT appear on every seed"),
         f"fine-grained PPO has a lower total error rate than the SFT policy on {rl_wins} of {n} seed(s)",
     ]
+    if "grpo_fine_grained" in policies:
+        gfg, ghol = (policies[k]["per_seed_total_error_rate"] for k in GRPO_METHODS)
+        lines.append(f"fine-grained GRPO has a lower oracle total error rate than holistic GRPO on "
+                     f"{sum(f < h for f, h in zip(gfg, ghol))} of {n} seed(s)")  # fmt: skip
     if SHARED_METHOD in policies:
         shared = policies[SHARED_METHOD]["per_seed_total_error_rate"]
         lines.append(
@@ -283,7 +319,7 @@ def write_plots(out: Path, seeds: list[int], runs: tuple[str, ...] = METHODS) ->
     """Per-category training curves (reward-model judgements logged by PPO), fine-grained vs holistic."""
     from .plots import plot_training_curves
 
-    return plot_training_curves({method: [out / "ppo" / f"{method}-seed{s}" for s in seeds] for method in runs}, out)
+    return plot_training_curves({method: [run_dir(out, method, s) for s in seeds] for method in runs}, out)
 
 
 def run_demo(cfg: DictConfig) -> dict:
@@ -321,8 +357,8 @@ def episodes_per_run(out: Path, seeds: list[int], runs: tuple[str, ...] = METHOD
     counts = set()
     for method in runs:
         for s in seeds:
-            run_cfg = OmegaConf.load(out / "ppo" / f"{method}-seed{s}" / "config.yaml")
-            counts.add(int(run_cfg.ppo.iterations) * int(run_cfg.ppo.batch_size))
+            run_cfg = OmegaConf.load(run_dir(out, method, s) / "config.yaml")
+            counts.add(int(run_cfg.ppo.iterations) * int(run_cfg.ppo.batch_size) * int(run_cfg.ppo.get("samples_per_prompt", 1)))
     if len(counts) != 1:
         raise FinegrainedError(f"PPO runs trained on different numbers of episodes: {sorted(counts)}")
     return counts.pop()

@@ -275,7 +275,8 @@ PPO = {
     "accelerate": Block("accelerate settings"),
     "accelerate.cpu": Bool("true: force CPU; null: a GPU when there is one", nullable=True),
     "ppo.iterations": Int("PPO iterations (generate, score, update)", low=1),
-    "ppo.batch_size": Int("episodes (prompts) per iteration, over all processes", low=1),
+    "ppo.batch_size": Int("prompts per iteration, over all processes (episodes: batch_size x samples_per_prompt)", low=1),
+    "ppo.samples_per_prompt": Int("G responses per prompt, sampled together and kept on one process", low=1),
     "ppo.minibatch_size": Int("episodes per minibatch of the update", low=1),
     "ppo.grad_accum": Int("minibatches per optimizer step", low=1),
     "ppo.epochs": Int("PPO epochs over each batch", low=1),
@@ -317,6 +318,20 @@ PPO = {
     **mounted("policy", POLICY),
     **mounted("reward", REWARD),
     **mounted("task", TASK),
+}
+
+# finegrained grpo / rloo: their configs compose conf/ppo.yaml, so the ppo table plus their own keys
+CRITIC_FREE = {
+    **PPO,
+    "advantage.order": Choice(("per_category", "sum"), "per_category: normalise each category's rewards over the "
+                              "group, then weight and sum (GDPO) | sum: sum the categories, then normalise (GRPO)"),
+    "advantage.scale_std": Bool("divide by the group's standard deviation (Dr. GRPO: false)"),
+    "advantage.eps": Float("added to the group's standard deviation", above=0),
+    "loss.aggregation": Choice(("token_mean", "sequence_mean", "token_sum"), "token_mean: over every token of the "
+                               "minibatch | sequence_mean: mean of each response's token mean (GRPO) | token_sum: "
+                               "token sum / (responses x max_new_tokens) (Dr. GRPO)"),
+    "kl.mode": Choice(("loss", "reward", "none"), "KL to the reference: loss (kl.coef x KL term in the loss, GRPO) | "
+                      "reward (per-token penalty in the reward, PPO) | none"),
 }
 
 TRAIN_RM = {
@@ -427,6 +442,8 @@ DEMO = {
     "annotators": Int("simulated annotators (ann-0 ..), each record annotated by one", low=1),
     "label_noise": Float("probability that a simulated annotator flips a judgement", low=0, high=1),
     "shared_rm": Bool("also a joint reward model on one backbone and a fine-grained PPO run with it"),
+    "algorithms": Choices(("ppo", "grpo"), "learners compared: [ppo] | [ppo,grpo] (also fine-grained and holistic "
+                          "GRPO, 4 samples per prompt, the same episodes)"),
     "sft_overrides": Setting("overrides of the SFT stage", "list", overrides_for="sft"),
     "sft_policy": Str("start from this trained SFT policy directory instead of stage 1; `shipped`: the one the "
                       "package ships (the full demo's seed-0 SFT policy); null: train it", nullable=True),
@@ -442,6 +459,8 @@ DEMO = {
 BENCH = {
     "output_dir": Str("where bench.json (and profile.txt) go"),
     "seed": Int("random seed", low=0),
+    "bench.algorithm": Choice(("ppo", "grpo", "rloo"), "the learner timed (grpo, rloo: batch_size episodes as "
+                              "batch_size / 4 prompts x 4 samples; batch_size a multiple of 4)"),
     "bench.mode": Choice(("holistic", "fine_grained"), "holistic: one sequence reward model; fine_grained: three categories"),
     "bench.n_layer": Int("layers of every model", low=1),
     "bench.n_embd": Int("width of every model", low=1),
@@ -462,6 +481,26 @@ BENCH = {
     **mounted("task", TASK),
 }
 
+PPO_RULES = (at_most("generation.min_new_tokens", "generation.max_new_tokens"), multiple_of("policy.n_embd", "policy.n_head"))
+
+
+def critic_free_command(name: str, summary: str) -> Command:
+    """``finegrained grpo`` / ``rloo``: the ppo command's rules, a group of at least two samples."""
+    return Command(
+        name, summary, f"finegrained {name} [group=option ...] [key=value ...]",
+        (f"finegrained {name} experiment=smoke",
+         f"finegrained {name} experiment=smoke ppo.samples_per_prompt=8 advantage.order=sum loss.aggregation=token_sum",
+         f"finegrained {name} policy=pretrained policy.name_or_path=outputs/demo/sft/final reward=fine_grained"
+         " reward.categories.relevance.model=outputs/demo/rm/relevance"
+         " reward.categories.factuality.model=outputs/demo/rm/factuality"
+         " reward.categories.completeness.model=outputs/demo/rm/completeness"),
+        CRITIC_FREE,
+        rules=(*PPO_RULES, Rule(("ppo.samples_per_prompt",), lambda g: g >= 2,
+                                "must be at least 2: a sample's baseline is the other samples of its prompt")),
+        notes="No value model: value.*, ppo.value_lr, value_coef, clip_range_value, gamma, lam and whiten_* are not used.",
+    )  # fmt: skip
+
+
 COMMANDS: dict[str, Command] = {
     "ppo": Command(
         "ppo", "dense-reward PPO on a causal LM, fine-grained or holistic rewards",
@@ -477,7 +516,7 @@ COMMANDS: dict[str, Command] = {
             " reward.categories.holistic.model=outputs/demo/rm/holistic",
         ),
         PPO,
-        rules=(at_most("generation.min_new_tokens", "generation.max_new_tokens"), multiple_of("policy.n_embd", "policy.n_head")),
+        rules=PPO_RULES,
         notes="A new reward category needs its kind and granularity (rule judges) or a model directory.",
     ),
     "train_rm": Command(
@@ -557,4 +596,6 @@ COMMANDS: dict[str, Command] = {
                  "true needs bench.mode=fine_grained"),
         ),
     ),
+    "grpo": critic_free_command("grpo", "critic-free GRPO that keeps every segment's reward, fine-grained or holistic"),
+    "rloo": critic_free_command("rloo", "critic-free RLOO that keeps every segment's reward, fine-grained or holistic"),
 }

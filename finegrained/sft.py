@@ -71,7 +71,7 @@ def build_model(cfg: DictConfig, texts: list[str]):
 def encode_example(tokenizer, prompt: str, completion: str, max_length: int,
                    truncate: str = "left") -> tuple[list[int], list[int]] | None:  # fmt: skip
     """Input ids and labels (-100 on the prompt); a prompt too long is cut by ``truncate`` (``left``: keep its
-    last tokens, ``right``: its first; ``finegrained.generation.cut_prompt_ids``).
+    last tokens, ``right``: its first; ``finegrained.rl.generation.cut_prompt_ids``).
     None when the completion alone does not fit."""
     from .rl.generation import cut_prompt_ids
 

@@ -52,3 +52,14 @@ def test_shared_reward_model_backbone_cuts_reward_model_state(tmp_path):
     assert results["true"]["bare_seconds"] > 0 and results["true"]["phases"]["score"] > 0
     with pytest.raises(FinegrainedError, match="bench.shared_rm"):
         bench.main([f"output_dir={tmp_path / 'bad'}", *TINY, "bench.mode=holistic", "bench.shared_rm=true"])
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_critic_free_bench_has_no_value_model(tmp_path, algorithm):
+    tiny = [o for o in TINY if not o.startswith("bench.batch_size")]
+    assert bench.main([f"output_dir={tmp_path}", f"bench.algorithm={algorithm}", *tiny, "bench.batch_size=4", "bench.bare_repeats=1"]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["model_state_mb"]["value"] == 0 and result["model_state_mb"]["policy"] > 0
+    assert result["bare_seconds"] > 0 and result["config"]["bench"]["algorithm"] == algorithm
+    with pytest.raises(FinegrainedError, match="multiple of 4"):
+        bench.main([f"output_dir={tmp_path / 'bad'}", f"bench.algorithm={algorithm}", *tiny, "bench.batch_size=6"])

@@ -84,3 +84,24 @@ def demo_quick_config():
     from finegrained.config import compose
 
     return compose("demo", ["scale=quick"])
+
+
+def test_grpo_option_adds_critic_free_runs_on_the_same_episodes(tmp_path):
+    from pathlib import Path
+
+    from finegrained.config import compose
+    from finegrained.errors import FinegrainedError
+
+    assert demo.methods(compose("demo", [])) == demo.METHODS  # the default: the table as it was
+    cfg = compose("demo", ["algorithms=[ppo,grpo]"])
+    assert demo.methods(cfg) == (*demo.METHODS, "grpo_fine_grained", "grpo_holistic")
+    rm_dirs = {c: tmp_path / c for c in ("relevance", "factuality", "completeness", "holistic")}
+    for method in demo.METHODS:
+        ppo_run = demo.ppo_overrides(cfg, method, rm_dirs, Path("sft"))
+        ppo_cfg, grpo_cfg = compose("ppo", ppo_run), compose("grpo", demo.grpo_overrides(cfg, ppo_run))
+        assert grpo_cfg.ppo.batch_size * grpo_cfg.ppo.samples_per_prompt == ppo_cfg.ppo.batch_size * 1
+        assert grpo_cfg.ppo.iterations == ppo_cfg.ppo.iterations and grpo_cfg.reward == ppo_cfg.reward
+    assert demo.run_dir(tmp_path, "grpo_holistic", 3) == tmp_path / "grpo" / "holistic-seed3"
+    assert demo.run_dir(tmp_path, "holistic", 3) == tmp_path / "ppo" / "holistic-seed3"
+    with pytest.raises(FinegrainedError, match="must include ppo"):
+        demo.methods(compose("demo", ["algorithms=[grpo]"]))

@@ -101,7 +101,7 @@ def test_evaluate_prints_reward_model_scores(short_policy, prompt_file, tmp_path
 
 
 def test_ppo_smoke_with_a_jsonl_task_and_a_64_position_policy(tmp_path, capsys):
-    from finegrained.rl import trainer as ppo
+    from finegrained.commands import ppo
 
     prompts = tmp_path / "train.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": LONG.replace("three", str(i)) if i % 2 else SHORT + f" {i}"}) + "\n"

@@ -122,7 +122,7 @@ def test_train_rm_leaves_a_card_naming_category_and_metrics(tmp_path):
 
 
 def test_ppo_final_leaves_a_card_with_rewards_and_run_summary(tmp_path):
-    from finegrained.rl import trainer as ppo
+    from finegrained.commands import ppo
 
     assert ppo.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false", "ppo.iterations=1",
                      "ppo.batch_size=4", "ppo.minibatch_size=4", "checkpoint.every=0", "generation.max_new_tokens=4"]) == 0  # fmt: skip

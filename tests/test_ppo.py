@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from finegrained.config import compose
 from finegrained.errors import FinegrainedError
 from finegrained.plots import read_scalars
+from finegrained.commands import ppo as ppo_command
 from finegrained.rl import trainer as ppo
 from finegrained.rl.checkpoint import checkpoint_dirs
 
@@ -29,7 +30,7 @@ def smoke(tmp_path: Path, *overrides: str):
 
 
 def test_smoke_run_leaves_checkpoints_final_and_tensorboard(tmp_path):
-    assert ppo.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"]) == 0
+    assert ppo_command.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"]) == 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter-4", "iter-6"]  # keep 2
     assert {"policy.safetensors", "value.safetensors", "optimizer.pt", "rng.pt", "state.json"} <= {
         p.name for p in (tmp_path / "checkpoints" / "iter-6").iterdir()
@@ -48,7 +49,7 @@ def test_smoke_run_leaves_checkpoints_final_and_tensorboard(tmp_path):
         assert sorted(scalars[tag]) == [1, 2, 3, 4, 5, 6], tag
     # a second run into the same directory is refused unless resumed or overwritten
     with pytest.raises(FinegrainedError, match="resume=true"):
-        ppo.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"])
+        ppo_command.main(["experiment=smoke", f"output_dir={tmp_path}", "log.progress=false"])
 
 
 @pytest.mark.slow
@@ -65,17 +66,27 @@ def final_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 RESUME_ARGS = ["experiment=smoke", "ppo.iterations=10", "ppo.batch_size=8", "checkpoint.every=2", "checkpoint.keep=3", "log.progress=false"]
+# the critic-free learners: 2 prompts x 4 samples, the same 8 episodes per iteration
+RESUME_COMMANDS = {"ppo": [], "grpo": ["ppo.batch_size=2"], "rloo": ["ppo.batch_size=2"]}
 
 
-def run_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "finegrained.cli", "ppo", *RESUME_ARGS, *args]
+def run_command(*args: str, command: str = "ppo") -> list[str]:
+    return [sys.executable, "-m", "finegrained.cli", command, *RESUME_ARGS, *RESUME_COMMANDS[command], *args]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory) -> Path:
-    straight = tmp_path_factory.mktemp("straight")
-    subprocess.run(run_command(f"output_dir={straight}"), env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
-    return straight
+def uninterrupted_runs(tmp_path_factory):
+    """command -> the directory of its uninterrupted run (run once per command, on first use)."""
+    runs: dict[str, Path] = {}
+
+    def run(command: str) -> Path:
+        if command not in runs:
+            runs[command] = tmp_path_factory.mktemp(f"straight-{command}")
+            subprocess.run(run_command(f"output_dir={runs[command]}", command=command),
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)  # fmt: skip
+        return runs[command]
+
+    return run
 
 
 KILL_POINTS = {
@@ -87,11 +98,13 @@ KILL_POINTS = {
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command", list(RESUME_COMMANDS))
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_run, kill_point):
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_runs, kill_point, command):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(run_command(f"output_dir={killed}"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(run_command(f"output_dir={killed}", command=command), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
     while not KILL_POINTS[kill_point](killed):
         assert proc.poll() is None and time.time() < deadline, f"run ended before the kill point {kill_point}"
@@ -101,8 +114,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, uninterrupted_
     assert not (killed / "final").exists()
     if kill_point == "before_first_checkpoint":
         assert checkpoint_dirs(killed) == [], "killed too late: a checkpoint was already written"
-    subprocess.run(run_command(f"output_dir={killed}", "resume=true"), env=env, check=True, capture_output=True)
-    a, b = final_weights(killed), final_weights(uninterrupted_run)
+    subprocess.run(run_command(f"output_dir={killed}", "resume=true", command=command), env=env, check=True, capture_output=True)
+    if command != "ppo":
+        assert not any(p.name == "value.safetensors" for p in (killed / "checkpoints").rglob("*"))
+    a, b = final_weights(killed), final_weights(uninterrupted_runs(command))
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
@@ -113,45 +128,58 @@ def plain_moments(values: list[float]) -> tuple[float, float]:
     return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def check_statistics_are_global(out: Path, cfg) -> None:
+def check_statistics_are_global(out: Path, cfg, whitening: bool = True) -> None:
     """Every rank's KL coefficient and whitening statistics equal one process's on the whole batch."""
     coef = cfg.kl.coef
+    episodes = cfg.ppo.batch_size * cfg.ppo.samples_per_prompt
     for iteration in (1, 2):
         ranks = [json.loads((out / "rl_stats" / f"iter-{iteration}-rank-{r}.json").read_text()) for r in (0, 1)]
         all_kls = ranks[0]["sequence_kl"] + ranks[1]["sequence_kl"]
-        assert len(all_kls) == cfg.ppo.batch_size
+        assert len(all_kls) == episodes
         global_kl = sum(all_kls) / len(all_kls)
         error = min(max(global_kl / cfg.kl.target - 1.0, -0.2), 0.2)
-        coef *= 1.0 + error * cfg.ppo.batch_size / cfg.kl.horizon
+        coef *= 1.0 + error * episodes / cfg.kl.horizon
         for rank in ranks:
             assert math.isclose(rank["kl"], global_kl, rel_tol=1e-5, abs_tol=1e-9), (iteration, rank["rank"])
             assert math.isclose(rank["kl_coef"], coef, rel_tol=1e-9), (iteration, rank["rank"])
-        for name in ("rewards", "advantages"):
+        for name in ("rewards", "advantages") if whitening else ():
             mean, var = plain_moments(ranks[0][name]["values"] + ranks[1][name]["values"])
             for rank in ranks:
                 assert math.isclose(rank[name]["mean"], mean, rel_tol=1e-4, abs_tol=1e-6), (iteration, name)
                 assert math.isclose(rank[name]["var"], var, rel_tol=1e-4), (iteration, name)
     # the checks can fail: the ranks' own responses would give other statistics
-    local_mean = plain_moments(ranks[0]["rewards"]["values"])[0]
-    assert not math.isclose(local_mean, ranks[0]["rewards"]["mean"], rel_tol=1e-3)
+    if whitening:
+        local_mean = plain_moments(ranks[0]["rewards"]["values"])[0]
+        assert not math.isclose(local_mean, ranks[0]["rewards"]["mean"], rel_tol=1e-3)
     local_kl = sum(ranks[0]["sequence_kl"]) / len(ranks[0]["sequence_kl"])
     assert not math.isclose(local_kl, ranks[0]["kl"], rel_tol=1e-3)
+    # each prompt's G samples are consecutive on one rank, and no prompt is on both
+    G = cfg.ppo.samples_per_prompt
+    for rank in ranks:
+        groups = [rank["prompts"][i : i + G] for i in range(0, len(rank["prompts"]), G)]
+        assert all(len(set(group)) == 1 for group in groups)
+    assert not set(ranks[0]["prompts"]) & set(ranks[1]["prompts"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [[], ["lora.r=2"]], ids=["full", "lora"])
-def test_two_processes_over_gloo_hold_identical_weights_and_share_statistics(tmp_path, options):
+@pytest.mark.parametrize(
+    "command,options",
+    [("ppo", []), ("ppo", ["lora.r=2"]), ("grpo", ["ppo.batch_size=4", "ppo.samples_per_prompt=4", "kl.mode=reward"])],
+    ids=["full", "lora", "grpo"],
+)
+def test_two_processes_over_gloo_hold_identical_weights_and_share_statistics(tmp_path, command, options):
+    """GRPO too: a prompt's samples stay on one rank, so its group statistics need no reduction."""
     torchrun = Path(sys.executable).with_name("torchrun")
     args = ["experiment=smoke", "accelerate.cpu=true", "ppo.iterations=2", "checkpoint.every=0", f"output_dir={tmp_path}",
             "log.progress=false", "kl.adaptive=true", "ppo.whiten_rewards=true", *options]  # fmt: skip
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", "ppo", *args],
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "finegrained.cli", command, *args],
         env={**os.environ, "OMP_NUM_THREADS": "1", ppo.DUMP_STATS_ENV: "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes hold identical policy weights" in result.stderr
     assert (tmp_path / "final" / "model.safetensors").is_file()
-    check_statistics_are_global(tmp_path, compose("ppo", args))
+    check_statistics_are_global(tmp_path, compose(command, args), whitening=command == "ppo")
 
 
 def test_nan_reward_stops_with_iteration_and_phase_and_keeps_checkpoints(tmp_path):

@@ -41,6 +41,7 @@ from finegrained.rewards.scorer import CategoryScorer, RewardScorer
 from finegrained.rewards.training import main_process_output
 from finegrained.rewards.directory import init_joint_reward_model_dir, init_reward_model_dir, save_reward_model
 from finegrained.rl import checkpoint as ckpt
+from finegrained.rl import learner
 from finegrained.rl import trainer as ppo
 from finegrained.schema import SegmentationConfig, load_schema
 
@@ -179,7 +180,7 @@ def test_ppo_divergence_stops_naming_the_iteration_and_tells_the_truth_about_che
     def broken_sampling(*args, **kwargs):
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
 
-    monkeypatch.setattr(ppo, "sample_responses", broken_sampling)
+    monkeypatch.setattr(learner, "sample_responses", broken_sampling)  # the learner every trainer shares
     with pytest.raises(FinegrainedError, match=r"iteration 2, phase generate: sampling failed") as info:
         trainer.run_iteration()
     assert "iter-1, holds these weights" in str(info.value)

@@ -13,6 +13,7 @@ from finegrained import trackers
 from finegrained.config_checks import compose_checked
 from finegrained.errors import FinegrainedError, InputError
 from finegrained.plots import read_scalars
+from finegrained.commands import ppo as ppo_command
 from finegrained.rl import trainer as ppo
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
@@ -71,8 +72,8 @@ def test_ppo_reports_to_a_local_mlflow_store(tmp_path, monkeypatch):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(name, raising=False)
     argv = [*smoke_argv(tmp_path, "[tensorboard,mlflow]"), "checkpoint.every=2"]
-    assert ppo.main(argv) == 0
-    assert ppo.main([*argv, "ppo.iterations=3", "resume=true"]) == 0  # continues the same MLflow run
+    assert ppo_command.main(argv) == 0
+    assert ppo_command.main([*argv, "ppo.iterations=3", "resume=true"]) == 0  # continues the same MLflow run
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("finegrained").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == tmp_path.name
@@ -132,7 +133,7 @@ def offline_wandb_run(output_dir) -> tuple[dict[int, dict], dict]:
 def test_ppo_reports_to_an_offline_wandb_run(tmp_path, monkeypatch):
     for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR"):
         monkeypatch.delenv(name, raising=False)
-    assert ppo.main(smoke_argv(tmp_path, "[tensorboard,wandb]")) == 0
+    assert ppo_command.main(smoke_argv(tmp_path, "[tensorboard,wandb]")) == 0
     history, config = offline_wandb_run(tmp_path)
     scalars = read_scalars(tmp_path / "tb")
     assert sorted(history) == [1, 2]

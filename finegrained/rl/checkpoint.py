@@ -1,6 +1,7 @@
-"""PPO checkpoints: everything needed to continue a run exactly.
+"""RL checkpoints: everything needed to continue a run exactly.
 
-``output_dir/checkpoints/iter-N/`` holds ``policy.safetensors``, ``value.safetensors``, ``optimizer.pt``,
+``output_dir/checkpoints/iter-N/`` holds ``policy.safetensors``, ``value.safetensors`` (algorithms with a
+critic: ``value`` is None for the others, and their checkpoints hold no value file), ``optimizer.pt``,
 ``scheduler.pt`` (torch files we wrote, read back with ``weights_only=True``), ``rng.pt`` (python, numpy,
 torch and CUDA generator states) and ``state.json`` (iteration, data position, KL controller). Each is
 written into a temporary directory that is renamed into place, so a crash never leaves half a checkpoint;
@@ -74,7 +75,8 @@ def save_checkpoint(output_dir: Path, iteration: int, policy, value, optimizer, 
     final = Path(output_dir) / "checkpoints" / f"iter-{iteration}"
     with atomic_directory(final, overwrite=True) as tmp:
         save_module_file(policy, tmp / "policy.safetensors", "the policy")
-        save_module_file(value, tmp / "value.safetensors", "the value model")
+        if value is not None:
+            save_module_file(value, tmp / "value.safetensors", "the value model")
         refuse_non_finite(optimizer_tensors(optimizer), tmp, "the optimizer state")
         _save_torch(optimizer.state_dict(), tmp / "optimizer.pt")
         _save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -98,7 +100,7 @@ class CheckpointContents:
 
     directory: Path
     policy: dict[str, torch.Tensor]
-    value: dict[str, torch.Tensor]
+    value: dict[str, torch.Tensor] | None
     optimizer: dict
     scheduler: dict
     rng: dict
@@ -221,8 +223,10 @@ def read_checkpoint(directory: Path, policy, value, optimizer) -> CheckpointCont
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{directory / STATE_FILE}: unreadable ({e})") from None
     state = _check_state(state, int(m.group(1)), directory)
-    tensors = {}
+    tensors: dict[str, Any] = {"value": None}
     for what, module in (("policy", policy), ("value", value)):
+        if module is None:
+            continue
         try:
             tensors[what] = read_safetensors(directory / f"{what}.safetensors", "a checkpoint")
         except FinegrainedError as e:
@@ -242,7 +246,8 @@ def apply_checkpoint(contents: CheckpointContents, policy, value, optimizer, sch
     """Restore models, optimizer, scheduler and RNG states in place from checked contents; returns state.json."""
     # strict=False: a tied weight is stored once (checked complete by read_checkpoint)
     policy.load_state_dict(contents.policy, strict=False)
-    value.load_state_dict(contents.value, strict=False)
+    if value is not None:
+        value.load_state_dict(contents.value, strict=False)
     optimizer.load_state_dict(contents.optimizer)
     scheduler.load_state_dict(contents.scheduler)
     set_rng_state(contents.rng)

@@ -60,7 +60,7 @@ def sample_responses(
     """Sample one response per prompt with KV cache. Returns ``query_ids`` (B, P), ``query_mask`` (B, P),
     ``response_ids`` (B, T) and ``response_mask`` (B, T); padding after EOS is the pad id. A prompt longer
     than ``max_prompt_tokens`` is cut by ``truncate`` (``left``: keeps its last tokens, ``right``: its first;
-    ``finegrained.generation.encode_prompts``). Only these
+    ``finegrained.rl.generation.encode_prompts``). Only these
     settings shape sampling: the policy's own ``generation_config`` is not consulted (``generate_ids``)."""
     device = next(policy.parameters()).device
     query_ids, query_mask = encode_prompts(tokenizer, prompts, device, max_tokens=max_prompt_tokens, truncate=truncate)

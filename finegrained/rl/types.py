@@ -24,7 +24,7 @@ class Trajectory:
         response_mask: (B, T) True for generated tokens up to and including the first EOS.
         logprobs: (B, T) log-prob of each response token under the rollout policy.
         ref_logprobs: (B, T) the same under the frozen reference policy.
-        values: (B, T) value estimates before each response token's reward.
+        values: (B, T) value estimates before each response token's reward; None without a critic.
         rewards: (B, T) combined per-token score rewards (weighted categories, no KL).
         category_rewards: (B, T, K) per-category rewards, for logging.
     """
@@ -35,7 +35,7 @@ class Trajectory:
     response_mask: torch.Tensor
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None
     rewards: torch.Tensor
     category_rewards: torch.Tensor
 

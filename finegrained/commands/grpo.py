@@ -1,0 +1,9 @@
+"""``finegrained grpo``: critic-free fine-grained GRPO (``finegrained.rl.critic_free``)."""
+
+from __future__ import annotations
+
+from .ppo import run_learner
+
+
+def main(argv: list[str]) -> int:
+    return run_learner("grpo", argv)
