@@ -296,7 +296,6 @@ def _check_nested(config_name: str, key: str, target: str, overrides: list[str])
 def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with the command line, refusing unknown keys and bad values
     (every problem at once, as one ``InputError``)."""
-
     read = read_overrides(config_name, expand_words(command_spec(config_name), argv))
     # With problems already found, carry on with what is left to name every other problem too.
     base = _compose_or_none(config_name, read.groups, quiet=bool(read.problems))
@@ -310,7 +309,6 @@ def compose_checked(config_name: str, argv: Sequence[str]) -> DictConfig:
 
 def _compose_or_none(config_name: str, overrides: list[str], quiet: bool) -> DictConfig | None:
     """The composed config without the bad group choices; None if Hydra still refuses it and ``quiet``."""
-
     try:
         return compose_cached(config_name, [o for o in overrides if not _bad_group(config_name, o)])
     except FinegrainedError:
@@ -329,7 +327,6 @@ def _bad_group(config_name: str, text: str) -> bool:
 def render_help(config_name: str, argv: Sequence[str] = ()) -> str:
     """``--help``: usage, examples, this command's groups, and every key of the composed config (with the
     group choices on the command line) with its default, what is allowed and one line of description."""
-
     command = command_spec(config_name)
     read = read_overrides(config_name, expand_words(command, argv))
     chosen = [g for g in read.groups if not _bad_group(config_name, g)]
