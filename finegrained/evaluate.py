@@ -5,7 +5,7 @@ oracle's per-category error rates (when the task has an oracle), the reward mode
 reward config is given), the KL to the reference policy, the mean response length and ROUGE-L against
 the reference answers. Writes ``output_dir/eval.json`` and prints a table (oracle columns only when the
 task has an oracle, reward-model columns when a reward config is given). Prompts come from
-``finegrained.tasks.files.load_prompts`` (``task=jsonl task.eval=F``, ``task=hf_dataset ...``, or the
+``finegrained.prompts.load_prompts`` (``task=jsonl task.eval=F``, ``task=hf_dataset ...``, or the
 built-in task); prompts longer than a policy allows are cut from the left or the right, or refused (``task.truncate``).
 
 KL: for each response, the sum over its tokens of the exact KL(policy || reference) between the two
@@ -34,7 +34,7 @@ def pick_device(requested: str | None) -> torch.device:
 
 def load_prompts(cfg: DictConfig) -> list[dict]:
     """The task's held-out prompt records of ``cfg.split`` (at most ``n_prompts``)."""
-    from .tasks.files import load_prompts as load_task_prompts
+    from .prompts import load_prompts as load_task_prompts
 
     return load_task_prompts(cfg.task, cfg.split, n=cfg.n_prompts)
 

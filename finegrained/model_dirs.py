@@ -494,3 +494,10 @@ def read_reward_metadata(model_dir: str | Path, role: str = "a reward model") ->
     if problems:
         raise InputError(problems)
     return metadata
+
+
+def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
+    """A clear "no such directory" for a ``option`` value that looks like a local path and is missing,
+    instead of a failed hub connection."""
+    if looks_like_local_path(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
+        raise FinegrainedError(f"{option}={name_or_path}: no such directory")

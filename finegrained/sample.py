@@ -36,13 +36,13 @@ def prompt_task(path: Path, prompt_column: str = "prompt", id_column: str | None
     (a ``save_to_disk`` directory or a .csv/.parquet file, ``task=hf_dataset``)."""
     if path.is_dir() or path.suffix.lower() in (".csv", ".parquet"):
         columns = {"prompt": prompt_column, "id": id_column}
-        return {"prompts": {"_target_": "finegrained.tasks.files.dataset_prompts", "path": str(path), "columns": columns}}
-    return {"prompts": {"_target_": "finegrained.tasks.files.jsonl_prompts", "train": str(path)}}
+        return {"prompts": {"_target_": "finegrained.prompts.dataset_prompts", "path": str(path), "columns": columns}}
+    return {"prompts": {"_target_": "finegrained.prompts.jsonl_prompts", "train": str(path)}}
 
 
 def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str | None = None) -> list[dict]:
     """Checked ``{"id", "prompt", ...}`` records of ``--prompts`` (ids default to ``p<line>``, unique)."""
-    from .tasks.files import load_prompts
+    from .prompts import load_prompts
 
     return load_prompts(prompt_task(path, prompt_column, id_column), "train")
 

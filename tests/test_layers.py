@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finegrained"
 LAYERS: dict[str, tuple[set[str], list[str]]] = {
     "base": (set(), ["finegrained", "errors", "io", "paths", "progress", "settings", "config", "config_checks",
                      "trackers", "model_card", "plots", "models"]),
-    "data": ({"base"}, ["schema", "data", "model_dirs"]),
+    "data": ({"base"}, ["schema", "data", "model_dirs", "prompts"]),
     "text": ({"base", "data"}, ["segment", "labels", "text_metrics"]),
     "convert": ({"base", "data", "text"}, ["convert"]),
     "app": ({"base", "data"}, ["app"]),

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from finegrained.config import compose
 from finegrained.errors import FinegrainedError, InputError
-from finegrained.tasks.files import load_prompts
+from finegrained.prompts import load_prompts
 
 
 def jsonl_task(train=None, eval=None):

@@ -102,7 +102,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
     from finegrained.data import validate_file
     from finegrained.rewards.inference import load_judge
     from finegrained.schema import load_schema
-    from finegrained.tasks.files import check_prompt_records
+    from finegrained.prompts import check_prompt_records
 
     commands = bash_commands(with_values(readme_block("walkthrough"), SUBSTITUTIONS))
     monkeypatch.chdir(tmp_path)

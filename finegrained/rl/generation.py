@@ -22,7 +22,6 @@ silently change the distribution we sample from (and make PPO's log-probs belong
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,22 +42,12 @@ class Generation:
     prompt_truncate: str = "left"  # which of them: left = its last tokens, right = its first (TRUNCATE_RULES)
 
 
-def check_local_source(name_or_path: str | os.PathLike, option: str) -> None:
-    """A clear "no such directory" for a ``option`` value that looks like a local path and is missing,
-    instead of a failed hub connection."""
-    from ..errors import FinegrainedError
-    from ..model_dirs import looks_like_local_path
-
-    if looks_like_local_path(str(name_or_path)) and not Path(str(name_or_path)).expanduser().exists():
-        raise FinegrainedError(f"{option}={name_or_path}: no such directory")
-
-
 def load_policy(name_or_path: str, device: str | torch.device | None = None, option: str | None = None):
     """A causal LM and its tokenizer from an HF directory or hub id (checked by ``model_dirs.load_causal_lm``:
     a reward model or a broken directory is refused), in eval mode, left padding. ``option`` names the
     setting it came from in error messages (e.g. ``policies.a``)."""
     from ..errors import FinegrainedError
-    from ..model_dirs import load_causal_lm
+    from ..model_dirs import check_local_source, load_causal_lm
 
     if option:
         check_local_source(name_or_path, option)

@@ -34,7 +34,8 @@ from omegaconf import DictConfig
 
 from ..config import log, save_config, to_container
 from ..errors import FinegrainedError
-from .generation import check_local_source, fit_prompts, prompt_token_budget
+from ..model_dirs import check_local_source
+from .generation import fit_prompts, prompt_token_budget
 from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
 from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
 from ..progress import Progress
@@ -71,8 +72,8 @@ class PhaseTimer:
 
 
 def load_task_records(cfg: DictConfig) -> list[dict]:
-    """The task's checked training prompt records (``finegrained.tasks.files.load_prompts``)."""
-    from ..tasks.files import load_prompts
+    """The task's checked training prompt records (``finegrained.prompts.load_prompts``)."""
+    from ..prompts import load_prompts
 
     return load_prompts(cfg.task, "train", seed=cfg.seed)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import FinegrainedError, InputError, Problem
+from .errors import FinegrainedError, InputError, Problem
 
 TRAIN_SPLIT = "train"
 MAX_PROBLEMS = 50
@@ -114,7 +114,7 @@ def check_prompt_records(records: Sequence, source: str, first_line: int = 1) ->
 
 def read_prompt_file(path: str | Path) -> list[dict]:
     """Checked prompt records of a JSONL file (``{"id"?, "prompt", "reference"?}`` per line)."""
-    from ..io import read_string_records
+    from .io import read_string_records
 
     rows = read_string_records(path, ("prompt",))  # missing or empty file, bad JSON, non-string prompt
     return check_prompt_records(rows, str(path))
@@ -161,7 +161,7 @@ def load_dataset_split(path: str, name: str | None, data_files, split_name: str)
     """``(dataset, source)``: one split of a ``datasets`` dataset, and how problems should name it."""
     import datasets
 
-    from ..rl.generation import check_local_source
+    from .model_dirs import check_local_source
 
     local = Path(path).expanduser()
     source = f"{path}[{split_name}]"
