@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-rm": ("finegrained.rewards.evaluate", "evaluate a trained reward model on a data file (Hydra)"),
     "sft": ("finegrained.sft", "supervised fine-tuning of a causal LM on prompt/completion JSONL (Hydra)"),
     "ppo": ("finegrained.rl.trainer", "dense-reward PPO, fine-grained or holistic (Hydra)"),
+    "dpo": ("finegrained.commands.dpo", "offline preference optimisation: DPO, IPO, dense DPO on corrections (Hydra)"),
     "sample": ("finegrained.sample", "generate completions from a policy into annotation-ready JSONL"),
     "annotate": ("finegrained.app.server", "local web page to annotate error spans and preferences"),
     "evaluate": ("finegrained.evaluate", "evaluate and compare policies (Hydra)"),

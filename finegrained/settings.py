@@ -462,6 +462,51 @@ BENCH = {
     **mounted("task", TASK),
 }
 
+DPO = {
+    "output_dir": Str("run directory: checkpoints/, final/, tensorboard events, config.yaml"),
+    "seed": Int("random seed", low=0),
+    "resume": Bool("continue from the newest complete checkpoint in output_dir"),
+    "overwrite": Bool("start over in an output_dir that already holds a run"),
+    "bf16": Bool("bf16 autocast (GPU, or a CPU with bf16 instructions)"),
+    "gradient_checkpointing": Bool("recompute activations in the backward pass (less memory, more time)"),
+    "accelerate": Block("accelerate settings"),
+    "accelerate.cpu": Bool("true: force CPU; null: a GPU when there is one", nullable=True),
+    "data.train": Setting("preference JSONL (a file or a list of files); null: the built-in task's simulated annotations",
+                          "any", nullable=True),
+    "data.corrections": Setting("span JSONL (a file or a list): records with a correction become pairs "
+                                "(chosen = correction, rejected = completion)", "any", nullable=True),
+    "data.eval": Setting("held-out preference or span JSONL (a file or a list); null: hold out data.eval_fraction "
+                         "of the prompts", "any", nullable=True),
+    "data.eval_fraction": Float("share of the prompts held out when data.eval is null (0: no held-out split)", low=0, below=1),
+    "data.category": Str("only preference records of this category (e.g. completeness); null: all", nullable=True),
+    "data.schema": Str("annotation schema the files are validated against (a shipped name or a YAML path)", nullable=True),
+    "data.without_correction": Choice(("skip", "error"), "span records without a correction: skip them (counted and "
+                                      "reported) or refuse the file"),
+    "data.builtin": Open("fn(kind, category, split) -> records, used when data.train and data.corrections are null"),
+    "dpo.loss": Choice(("sigmoid", "ipo", "ddpo"), "sigmoid: DPO; ipo: IPO; ddpo: dense DPO, changed tokens weigh dpo.gamma"),
+    "dpo.beta": Float("strength of the pull towards the reference (DPO's beta; IPO's target margin is 1 / (2 beta))", above=0),
+    "dpo.gamma": Float("ddpo: weight of the tokens of segments the annotator changed (RLHF-V: 5)", above=0),
+    "dpo.epochs": Int("passes over the training pairs", low=1),
+    "dpo.batch_size": Int("pairs per optimizer step, over all processes", low=1),
+    "dpo.grad_accum": Int("micro-batches per optimizer step", low=1),
+    "dpo.lr": Float("learning rate", above=0),
+    "dpo.warmup_steps": Int("optimizer steps of linear learning-rate warm-up", low=0),
+    "dpo.max_grad_norm": Float("gradient clipping norm (.inf: no clipping)", above=0, allow_inf=True),
+    "dpo.eval_batch_size": Int("pairs per held-out forward pass", low=1),
+    "lora.r": Int("> 0: train rank-r LoRA adapters only (the reference is the policy with adapters off)", low=0),
+    "lora.alpha": Float("LoRA scale numerator (scale = alpha / r)", above=0),
+    "lora.dropout": Float("dropout on the adapters' input", low=0, high=1),
+    "lora.targets": Setting("module-name suffixes to adapt, e.g. [c_attn]; null: every linear layer but the output head",
+                            "any", nullable=True),
+    "checkpoint.every": Int("optimizer steps between checkpoints (0: none)", low=0),
+    "checkpoint.keep": Int("checkpoints kept", low=1),
+    "log.progress": Bool("progress bar"),
+    "log.eval_every": Int("optimizer steps between held-out evaluations (0: at the start and the end only)", low=0),
+    "log.report_to": REPORT_TO,
+    **mounted("policy", POLICY),
+    **mounted("task", TASK),
+}
+
 COMMANDS: dict[str, Command] = {
     "ppo": Command(
         "ppo", "dense-reward PPO on a causal LM, fine-grained or holistic rewards",
@@ -479,6 +524,22 @@ COMMANDS: dict[str, Command] = {
         PPO,
         rules=(at_most("generation.min_new_tokens", "generation.max_new_tokens"), multiple_of("policy.n_embd", "policy.n_head")),
         notes="A new reward category needs its kind and granularity (rule judges) or a model directory.",
+    ),
+    "dpo": Command(
+        "dpo", "offline preference optimisation of a causal LM: DPO, IPO or dense DPO on corrections",
+        "finegrained dpo [group=option ...] [key=value ...]",
+        (
+            "finegrained dpo experiment=smoke",
+            "finegrained dpo experiment=smoke dpo.loss=ddpo dpo.gamma=5",
+            "finegrained dpo experiment=smoke dpo.loss=ipo lora.r=4 output_dir=outputs/dpo-ipo-lora",
+            "finegrained dpo policy=pretrained policy.name_or_path=outputs/demo/sft/final"
+            " data.train=outputs/demo/annotations/completeness_train.jsonl"
+            " data.corrections=outputs/demo/annotations/spans_train.jsonl",
+        ),
+        DPO,
+        rules=(multiple_of("policy.n_embd", "policy.n_head"),),
+        notes="experiment=smoke stands for dpo_experiment=smoke (conf/dpo_experiment/).",
+        aliases={"experiment": "dpo_experiment"},
     ),
     "train_rm": Command(
         "train-rm", "train a reward model for one category (or several on one shared backbone)",

@@ -515,3 +515,30 @@ def oracle_sequence_judge(category: str = "completeness"):
         return [float(-len(j.missing) if category == "completeness" else -j.n_errors()) for j in js]
 
     return judge_sequences
+
+
+# Offline preference data -------------------------------------------------------------------------
+def simulated_annotations(kind: str, category: str | None = None, split: str = "train", n_prompts: int = 128,
+                          samples_per_prompt: int = 2, seed: int = 1) -> list[dict]:  # fmt: skip
+    """Annotated records for offline preference training without any file (``finegrained dpo``'s default
+    data): ``samples_per_prompt`` answers of the noisy writer to each of ``n_prompts`` prompts of ``split``,
+    judged by a careful simulated annotator. ``kind="preference"``: a preference record of ``category``
+    (``holistic`` when None, or ``completeness``) for each non-tied pair of answers; ``kind="span"``: one span
+    record per answer, with a ``correction`` when the answer has errors. Its own random stream: the demo's
+    annotations do not change."""
+    if kind not in ("preference", "span"):
+        raise ValueError(f"kind must be 'preference' or 'span', got {kind!r}")
+    rng = random.Random(f"synthetic_qa:offline:{split}:{seed}")
+    out = []
+    for record in prompts(split, n=n_prompts, seed=seed):
+        answers = [write_answer(record, rng, DEFAULT_ERROR_RATES) for _ in range(samples_per_prompt)]
+        if kind == "span":
+            for j, answer in enumerate(answers):
+                out.append({**annotate_spans(record["prompt"], answer), "id": f"{record['id']}-s{j}"})
+            continue
+        for a in range(len(answers)):
+            for b in range(a + 1, len(answers)):
+                pref = annotate_preference(record["prompt"], answers[a], answers[b], category or "holistic")
+                if pref is not None:
+                    out.append({**pref, "id": f"{record['id']}-{category or 'holistic'}-{a}v{b}"})
+    return out
