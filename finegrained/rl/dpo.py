@@ -51,6 +51,7 @@ from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrup
 from .dpo_data import Pair, PairSource, as_paths, collate_pairs, encode_pair, held_out_split, pairs_from_records, read_files, records_from_dicts
 from .lora import add_adapters
 from .policy import build_policy, frozen_copy
+from .replicas import require_identical_replicas
 
 
 class NoValueModel(nn.Module):
@@ -294,6 +295,7 @@ class DPOTrainer:
         self.accelerator.wait_for_everyone()
 
     def save_final(self, summary: dict) -> None:
+        require_identical_replicas(self.accelerator, self.policy, "dpo", log)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             policy = self.accelerator.unwrap_model(self.policy)
