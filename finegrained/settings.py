@@ -427,6 +427,10 @@ DEMO = {
     "annotators": Int("simulated annotators (ann-0 ..), each record annotated by one", low=1),
     "label_noise": Float("probability that a simulated annotator flips a judgement", low=0, high=1),
     "shared_rm": Bool("also a joint reward model on one backbone and a fine-grained PPO run with it"),
+    "algorithms": Choices(("dpo_holistic", "dpo_completeness_corrections", "ddpo"), "offline runs from the same SFT policy "
+                          "and annotations, evaluated beside PPO: DPO on holistic pairs, DPO on completeness pairs plus "
+                          "corrections, dense DPO on corrections; []: none"),
+    "dpo_overrides": Setting("overrides of every offline (dpo) run", "list", overrides_for="dpo"),
     "sft_overrides": Setting("overrides of the SFT stage", "list", overrides_for="sft"),
     "sft_policy": Str("start from this trained SFT policy directory instead of stage 1; `shipped`: the one the "
                       "package ships (the full demo's seed-0 SFT policy); null: train it", nullable=True),
