@@ -467,14 +467,10 @@ BENCH = {
 }
 
 DPO = {
-    "output_dir": Str("run directory: checkpoints/, final/, tensorboard events, config.yaml"),
-    "seed": Int("random seed", low=0),
-    "resume": Bool("continue from the newest complete checkpoint in output_dir"),
-    "overwrite": Bool("start over in an output_dir that already holds a run"),
-    "bf16": Bool("bf16 autocast (GPU, or a CPU with bf16 instructions)"),
-    "gradient_checkpointing": Bool("recompute activations in the backward pass (less memory, more time)"),
-    "accelerate": Block("accelerate settings"),
-    "accelerate.cpu": Bool("true: force CPU; null: a GPU when there is one", nullable=True),
+    # the run's own keys mean what they mean for ppo
+    **{k: PPO[k] for k in ("output_dir", "seed", "resume", "overwrite", "bf16", "gradient_checkpointing", "accelerate",
+                           "accelerate.cpu", "lora.r", "lora.alpha", "lora.dropout", "lora.targets", "checkpoint.keep",
+                           "log.progress", "log.report_to")},
     "data.train": Setting("preference JSONL (a file or a list of files); null: the built-in task's simulated annotations",
                           "any", nullable=True),
     "data.corrections": Setting("span JSONL (a file or a list): records with a correction become pairs "
@@ -497,16 +493,8 @@ DPO = {
     "dpo.warmup_steps": Int("optimizer steps of linear learning-rate warm-up", low=0),
     "dpo.max_grad_norm": Float("gradient clipping norm (.inf: no clipping)", above=0, allow_inf=True),
     "dpo.eval_batch_size": Int("pairs per held-out forward pass", low=1),
-    "lora.r": Int("> 0: train rank-r LoRA adapters only (the reference is the policy with adapters off)", low=0),
-    "lora.alpha": Float("LoRA scale numerator (scale = alpha / r)", above=0),
-    "lora.dropout": Float("dropout on the adapters' input", low=0, high=1),
-    "lora.targets": Setting("module-name suffixes to adapt, e.g. [c_attn]; null: every linear layer but the output head",
-                            "any", nullable=True),
     "checkpoint.every": Int("optimizer steps between checkpoints (0: none)", low=0),
-    "checkpoint.keep": Int("checkpoints kept", low=1),
-    "log.progress": Bool("progress bar"),
     "log.eval_every": Int("optimizer steps between held-out evaluations (0: at the start and the end only)", low=0),
-    "log.report_to": REPORT_TO,
     **mounted("policy", POLICY),
     **mounted("task", TASK),
 }

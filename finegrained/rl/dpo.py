@@ -37,21 +37,21 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import log, save_config, to_container
+from ..config import log
 from ..errors import FinegrainedError, InputError, Problem
-from ..io import atomic_directory, remove_stale_temporaries
-from ..model_card import policy_card, write_card
-from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
+from ..model_card import policy_card
+from ..model_dirs import first_non_finite, module_tensors
 from ..progress import Progress
 from ..schema import load_schema
-from ..trackers import Trackers, check_installed, report_to_of
+from ..trackers import check_installed, report_to_of
 from . import dpo_functional as D
 from . import functional as F
-from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
+from .checkpoint import checkpoint_dirs, load_latest_checkpoint, save_checkpoint
 from .dpo_data import Pair, PairSource, as_paths, collate_pairs, encode_pair, held_out_split, pairs_from_records, read_files, records_from_dicts
 from .lora import add_adapters
 from .policy import build_policy, frozen_copy
 from .replicas import require_identical_replicas
+from .runs import clear_interrupted_writes, make_accelerator, refuse_existing_run, start_logging, write_final_policy
 
 
 class NoValueModel(nn.Module):
@@ -60,19 +60,15 @@ class NoValueModel(nn.Module):
 
 class DPOTrainer:
     def __init__(self, cfg: DictConfig):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.accelerator = make_accelerator(cfg)
         self.is_main = self.accelerator.is_main_process
-        check_installed(report_to_of(cfg))
+        check_installed(report_to_of(cfg))  # before any model is built
         if self.is_main:
-            for path in remove_interrupted_writes(self.out) + remove_stale_temporaries(self.out, r"final|initial_policy|config\.yaml"):
-                log(f"[dpo] cleared {path}, left by an interrupted write")
-        self._check_output_dir()
+            clear_interrupted_writes(self.out, "dpo", log)
+        refuse_existing_run(self.out, cfg.resume, cfg.overwrite, "DPO")
         if cfg.dpo.batch_size < self.accelerator.num_processes:
             raise FinegrainedError(f"dpo.batch_size={cfg.dpo.batch_size} gives some of the {self.accelerator.num_processes} "
                                    "processes no pair: use at least one pair per process")  # fmt: skip
@@ -101,24 +97,12 @@ class DPOTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.value = NoValueModel()
         self.policy, self.optimizer, self.scheduler = self.accelerator.prepare(policy, optimizer, scheduler)
-        self.step = 0
-        self.data_position = 0
+        self.step, self.data_position = 0, 0  # optimizer steps done, pairs consumed
         if cfg.resume:
             self._resume()
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-        self.trackers = Trackers(report_to_of(cfg), self.out, run_name=self.out.name, enabled=self.is_main,
-                                 purge_step=self.step + 1 if self.step else None, resume=bool(self.step))  # fmt: skip
-        self.trackers.log_config(to_container(cfg))
-        self.last_eval: dict = {}
+        self.trackers = start_logging(cfg, self.out, self.step, self.is_main)
 
     # -- set-up ----------------------------------------------------------------------------------------
-    def _check_output_dir(self) -> None:
-        existing = checkpoint_dirs(self.out) or (self.out / "final").exists()
-        if existing and not (self.cfg.resume or self.cfg.overwrite):
-            raise FinegrainedError(f"{self.out} already holds a DPO run; pass resume=true to continue it or overwrite=true to start over")
-
     def load_pairs(self) -> tuple[list[Pair], list[Pair]]:
         """(training pairs, held-out pairs), from the files or the built-in task; what was skipped is said."""
         data, loss = self.cfg.data, self.cfg.dpo.loss
@@ -298,13 +282,8 @@ class DPOTrainer:
         require_identical_replicas(self.accelerator, self.policy, "dpo", log)
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            policy = self.accelerator.unwrap_model(self.policy)
-            if self.cfg.lora.r:
-                policy = policy.merge_and_unload()  # final/ is a plain HF model: adapters folded into the weights
-            with atomic_directory(self.out / "final", overwrite=True) as tmp:
-                save_pretrained_dir(tmp, policy, self.tokenizer)
-                write_card(tmp, policy_card(algorithm="dpo", base_model=self.cfg.policy.name_or_path or "tiny",
-                                            config=self.cfg, summary=summary))  # fmt: skip
+            card = policy_card(algorithm="dpo", base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg, summary=summary)
+            write_final_policy(self.out, self.accelerator.unwrap_model(self.policy), self.tokenizer, bool(self.cfg.lora.r), card)
         self.accelerator.wait_for_everyone()
 
     def train(self) -> dict:
