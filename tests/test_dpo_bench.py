@@ -21,6 +21,15 @@ def test_bench_dpo_writes_its_fields(tmp_path, loss):
         assert result[key] > 0, key
     assert len(result["iteration_seconds"]) == 2 and set(result["phases"]) == {"ref_value_forward", "update"}
     assert result["phases"]["ref_value_forward"] > 0 and result["loss"] == loss
+    state = result["model_state_mb"]
+    assert state["policy"] > 0 and state["reference"] == pytest.approx(state["policy"], rel=1e-3)  # a full frozen copy
+    assert state["optimizer"] == pytest.approx(2 * state["policy"], rel=1e-3)  # AdamW: two moments per weight
+
+
+def test_bench_dpo_with_lora_keeps_no_reference_copy(tmp_path):
+    result = bench_dpo(compose("bench", [f"output_dir={tmp_path}", *TINY, "bench.lora_r=2"]))
+    state = result["model_state_mb"]
+    assert state["reference"] == 0.0 and state["optimizer"] < 0.5 * state["policy"]
 
 
 def test_random_pairs_have_the_bench_shapes():

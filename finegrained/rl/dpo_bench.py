@@ -11,7 +11,9 @@ frozen reference's forward, AdamW), ``bench.lora_r``, ``bench.bf16`` and ``bench
 Writes ``output_dir/bench.json``: ``seconds_per_iteration`` (median seconds per optimizer step after the
 first, a warm-up), ``iteration_seconds``, ``phases`` (``ref_value_forward``: the reference's forward;
 ``update``: the rest of the step), ``tokens_per_second`` (completion tokens of both sides per second),
-``peak_rss_mb``, ``bare_seconds`` and ``overhead_factor`` (null: no bare measurement for DPO) and the config.
+``peak_rss_mb``, ``model_state_mb`` (policy, reference, optimizer state, total), ``bare_seconds``,
+``bare_phases`` and ``overhead_factor`` (null: no bare measurement for DPO) and the config: the fields
+``finegrained bench`` prints.
 """
 
 from __future__ import annotations
@@ -59,6 +61,22 @@ def random_pairs(n: int, vocab_size: int, completion_tokens: int, eos: int, gamm
     return pairs
 
 
+def model_state_mb(trainer) -> dict[str, float]:
+    """MB of the policy's weights, the reference's (0 with LoRA: the policy with adapters off) and the
+    optimizer state: the memory that does not grow with the batch."""
+
+    def size(tensors) -> float:
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+    policy = trainer.accelerator.unwrap_model(trainer.policy)
+    sizes = {
+        "policy": size(policy.parameters()),
+        "reference": size(trainer.reference.parameters()) if trainer.reference is not None else 0.0,
+        "optimizer": size(v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)),
+    }
+    return {**sizes, "total": sum(sizes.values())}
+
+
 def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
     """Time ``bench.iterations`` DPO optimizer steps (``loss``: sigmoid, ipo or ddpo); writes and returns
     bench.json's contents (see the module docstring)."""
@@ -103,6 +121,7 @@ def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
             step_seconds.append(time.perf_counter() - started)
             ref_seconds.append(reference_seconds[0])
             log(f"[bench] step {i + 1}/{b.iterations}: {step_seconds[-1]:.3f} s")
+        state_mb = model_state_mb(trainer)
     timed = slice(1, None) if b.iterations > 1 else slice(None)
     seconds = statistics.median(step_seconds[timed])
     reference = statistics.median(ref_seconds[timed])
@@ -110,7 +129,9 @@ def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
         "algorithm": "dpo", "loss": loss,
         "seconds_per_iteration": seconds, "iteration_seconds": step_seconds,
         "phases": {"ref_value_forward": reference, "update": seconds - reference},
-        "bare_seconds": None, "overhead_factor": None,
+        "unphased_seconds": 0.0,  # the two phases cover the whole step
+        "bare_seconds": None, "bare_phases": None, "overhead_factor": None,
+        "model_state_mb": state_mb,
         "tokens_per_second": 2 * b.batch_size * b.response_length / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "versions": library_versions(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
