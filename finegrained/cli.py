@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("finegrained.commands.ppo", "dense-reward PPO, fine-grained or holistic (Hydra)"),
     "grpo": ("finegrained.commands.grpo", "critic-free GRPO that keeps every segment's reward (Hydra)"),
     "rloo": ("finegrained.commands.rloo", "critic-free RLOO that keeps every segment's reward (Hydra)"),
+    "dpo": ("finegrained.commands.dpo", "offline preference optimisation: DPO, IPO, dense DPO on corrections (Hydra)"),
     "sample": ("finegrained.commands.sample", "generate completions from a policy into annotation-ready JSONL"),
     "annotate": ("finegrained.commands.annotate", "local web page to annotate error spans and preferences"),
     "evaluate": ("finegrained.commands.evaluate", "evaluate and compare policies (Hydra)"),

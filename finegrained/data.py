@@ -9,7 +9,9 @@ Two record kinds (see ``docs/ARCHITECTURE.md`` and the design notes, section 3):
 
 Offsets are Python ``str`` indices (code points), half-open ``[start, end)``, into ``completion``.
 ``annotator`` and ``meta`` are optional (``null``/absent annotator means unknown). A span record with an
-empty ``spans`` list means "annotated, no errors". Unknown top-level fields are refused (a typo such as
+empty ``spans`` list means "annotated, no errors". A span record may also carry ``correction``: the
+annotator's corrected completion (a non-empty string different from ``completion``), the input of dense
+DPO (``finegrained dpo loss=ddpo``); preference records never do. Unknown top-level fields are refused (a typo such as
 ``span`` for ``spans`` would otherwise lose annotations silently): extra information belongs in ``meta``.
 
 Validation reports every problem as a ``Problem(file, line, message, field)`` whose line is the physical
@@ -31,7 +33,7 @@ from .schema import AnnotationSchema, load_schema
 
 RecordKind = Literal["span", "preference"]
 
-SPAN_FIELDS = ("id", "prompt", "completion", "spans", "annotator", "meta")
+SPAN_FIELDS = ("id", "prompt", "completion", "spans", "annotator", "meta", "correction")
 PREFERENCE_FIELDS = ("id", "prompt", "chosen", "rejected", "category", "annotator", "meta")
 _REQUIRED_STRINGS = {
     "span": ("id", "prompt", "completion"),
@@ -66,6 +68,7 @@ class SpanRecord:
     spans: tuple[Span, ...] = ()
     annotator: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    correction: str | None = None  # the annotator's corrected completion (dense DPO), None: none given
 
     kind = "span"
 
@@ -80,6 +83,8 @@ class SpanRecord:
         if self.annotator is not None:
             out["annotator"] = self.annotator
         out["meta"] = dict(self.meta)
+        if self.correction is not None:  # left out when absent: files without corrections stay as they were
+            out["correction"] = self.correction
         return out
 
 
@@ -199,7 +204,10 @@ def validate_record(
 
     allowed = SPAN_FIELDS if kind == "span" else PREFERENCE_FIELDS
     for key in obj:
-        if key not in allowed:
+        if key == "correction" and kind == "preference":
+            bad("a preference record cannot carry a correction (corrections belong to span records: "
+                "the annotator's corrected completion)", key)  # fmt: skip
+        elif key not in allowed:
             bad(f"unknown field in a {kind} record (expected {', '.join(allowed)}; "
                 "extra information belongs under 'meta')", key)  # fmt: skip
     for key in _REQUIRED_STRINGS[kind]:
@@ -221,7 +229,22 @@ def validate_record(
     return problems
 
 
+def _validate_correction(obj: dict, bad) -> None:
+    """``correction``, when present: a non-empty string that differs from ``completion``."""
+    if "correction" not in obj:
+        return
+    correction = obj["correction"]
+    if not isinstance(correction, str):
+        bad(f"must be a string (the corrected completion), got {describe_json_value(correction)}", "correction")
+    elif not correction.strip():
+        bad("must not be empty (leave the field out when there is no correction)", "correction")
+    elif correction == obj.get("completion"):
+        bad("is the same text as 'completion'; a correction must change it (leave the field out when "
+            "the completion needs no change)", "correction")  # fmt: skip
+
+
 def _validate_spans(obj: dict, schema: AnnotationSchema, bad) -> None:
+    _validate_correction(obj, bad)
     if "spans" not in obj:
         bad("missing required field (use [] for an annotated completion without errors)", "spans")
         return
@@ -293,7 +316,8 @@ def record_from_json(obj: dict, kind: RecordKind | None = None) -> Record:
     meta = dict(obj.get("meta") or {})
     if kind == "span":
         spans = tuple(Span(int(s["start"]), int(s["end"]), s["label"]) for s in obj["spans"])
-        return SpanRecord(obj["id"], obj["prompt"], obj["completion"], spans, obj.get("annotator"), meta)
+        return SpanRecord(obj["id"], obj["prompt"], obj["completion"], spans, obj.get("annotator"), meta,
+                          obj.get("correction"))
     if kind == "preference":
         return PreferenceRecord(
             obj["id"], obj["prompt"], obj["chosen"], obj["rejected"], obj["category"], obj.get("annotator"), meta
@@ -454,7 +478,7 @@ def write_records(path: str | Path, records: Iterable[Record]) -> None:
 # datasets.Dataset round trip
 
 
-def _features(kind: RecordKind):
+def _features(kind: RecordKind, with_correction: bool = False):
     from datasets import Features, Value
 
     # Explicit features: an all-empty 'spans' column would otherwise be inferred as list<null>.
@@ -465,6 +489,7 @@ def _features(kind: RecordKind):
             # a plain list of structs: rows read back as a list of {start, end, label} dicts
             "spans": [{"start": Value("int64"), "end": Value("int64"), "label": Value("string")}],
             "annotator": Value("string"), "meta": Value("string"),
+            **({"correction": Value("string")} if with_correction else {}),
         })  # fmt: skip
     return Features({
         "id": Value("string"), "prompt": Value("string"), "chosen": Value("string"), "rejected": Value("string"),
@@ -475,7 +500,8 @@ def _features(kind: RecordKind):
 def records_to_dataset(records: Sequence[Record], kind: RecordKind | None = None):
     """A ``datasets.Dataset`` with one row per record; ``meta`` is a JSON string column.
 
-    All records must be of one kind; ``kind`` is needed only for an empty list.
+    All records must be of one kind; ``kind`` is needed only for an empty list. Span records get a
+    ``correction`` column (null where a record has none) only when at least one of them carries a correction.
     """
     from datasets import Dataset
 
@@ -490,10 +516,14 @@ def records_to_dataset(records: Sequence[Record], kind: RecordKind | None = None
         row = r.to_json()
         row["annotator"] = r.annotator
         row["meta"] = json.dumps(r.meta, ensure_ascii=False)
+        if r.kind == "span":
+            row["correction"] = r.correction
         rows.append(row)
+    with_correction = kind == "span" and any(row["correction"] is not None for row in rows)
     columns = SPAN_FIELDS if kind == "span" else PREFERENCE_FIELDS
+    columns = tuple(c for c in columns if c != "correction" or with_correction)
     data = {name: [row[name] for row in rows] for name in columns}
-    return Dataset.from_dict(data, features=_features(kind))
+    return Dataset.from_dict(data, features=_features(kind, with_correction))
 
 
 def dataset_to_records(dataset) -> list[Record]:
@@ -515,7 +545,8 @@ def dataset_to_records(dataset) -> list[Record]:
             if isinstance(raw, dict):  # datasets' dict-of-lists form of a sequence of structs
                 raw = [dict(zip(raw, values)) for values in zip(*raw.values())] if raw else []
             spans = tuple(Span(int(s["start"]), int(s["end"]), s["label"]) for s in raw)
-            records.append(SpanRecord(row["id"], row["prompt"], row["completion"], spans, annotator, meta))
+            records.append(SpanRecord(row["id"], row["prompt"], row["completion"], spans, annotator, meta,
+                                      row.get("correction")))
         else:
             records.append(
                 PreferenceRecord(

@@ -322,6 +322,47 @@ def write_plots(out: Path, seeds: list[int], runs: tuple[str, ...] = METHODS) ->
     return plot_training_curves({method: [run_dir(out, method, s) for s in seeds] for method in runs}, out)
 
 
+# 4b. Offline preference optimisation (algorithms=[...]) ----------------------------------------------
+DPO_ALGORITHMS = ("dpo_holistic", "dpo_completeness_corrections", "ddpo")
+
+
+def dpo_data_overrides(algorithm: str, files: dict[str, Path]) -> list[str]:
+    """The annotation files each offline run trains on (same annotation budget as the reward models), and
+    the matching held-out files (empty ones left out: the run then holds out part of its training data)."""
+    train, corrections, held_out, loss = {
+        "dpo_holistic": (["holistic_train"], [], ["holistic_eval"], "sigmoid"),
+        "dpo_completeness_corrections": (["completeness_train"], ["spans_train"], ["completeness_eval", "spans_eval"], "sigmoid"),
+        "ddpo": ([], ["spans_train"], ["spans_eval"], "ddpo"),
+    }[algorithm]  # fmt: skip
+
+    def listed(names: list[str]) -> str:
+        return "[" + ",".join(f"'{files[n]}'" for n in names if files[n].stat().st_size) + "]"
+
+    out = [f"dpo.loss={loss}", f"data.train={listed(train) if train else 'null'}",
+           f"data.corrections={listed(corrections) if corrections else 'null'}"]  # fmt: skip
+    if any(files[n].stat().st_size for n in held_out):
+        out.append(f"data.eval={listed(held_out)}")
+    return out
+
+
+def stage_dpo(cfg: DictConfig, out: Path, seed: int, algorithm: str, files: dict[str, Path], policy_dir: Path) -> tuple[Path, float]:
+    """One offline run from the SFT policy: (its final/, training wall seconds, kept in train_seconds.json)."""
+    import json
+
+    from .rl.dpo import DPOTrainer
+
+    run_dir = out / "dpo" / f"{algorithm}-seed{seed}"
+    timing = run_dir / "train_seconds.json"
+    if not (run_dir / "final").is_dir() or not timing.is_file():
+        resume = ["resume=true"] if (run_dir / "checkpoints").is_dir() else ["overwrite=true"]
+        started = time.perf_counter()
+        overrides = [f"output_dir={run_dir}", f"seed={seed}", *resume, "policy=pretrained",
+                     f"policy.name_or_path={policy_dir}", *dpo_data_overrides(algorithm, files), *cfg.dpo_overrides]
+        run_stage("dpo", overrides, f"{algorithm}, seed {seed}", lambda dpo_cfg: DPOTrainer(dpo_cfg).train())
+        atomic_write_json(timing, {"seconds": time.perf_counter() - started})
+    return run_dir / "final", float(json.loads(timing.read_text(encoding="utf-8"))["seconds"])
+
+
 def run_demo(cfg: DictConfig) -> dict:
     """Every stage (each skipped when its outputs exist), then ``results.json`` and the plots; returns the results."""
     out = Path(cfg.output_dir)
@@ -331,10 +372,16 @@ def run_demo(cfg: DictConfig) -> dict:
     files = stage_annotate(cfg, out, policy_dir)
     rm_dirs = stage_reward_models(cfg, out, files)
     per_seed = {}
+    offline_seconds: dict[str, list[float]] = {a: [] for a in cfg.get("algorithms", ()) if a in DPO_ALGORITHMS}
     for seed in seeds:
         finals = {m: stage_ppo(cfg, out, seed, m, rm_dirs, policy_dir) for m in methods(cfg)}
+        for algorithm in offline_seconds:
+            finals[algorithm], seconds = stage_dpo(cfg, out, seed, algorithm, files, policy_dir)
+            offline_seconds[algorithm].append(seconds)
         per_seed[seed] = stage_evaluate(cfg, out, seed, {"sft": policy_dir, **finals})
     policies = aggregate(per_seed)
+    for algorithm, seconds in offline_seconds.items():  # wall time of the offline runs (PPO's: its tensorboard)
+        policies[algorithm]["train_seconds"] = statistics.fmean(seconds)
     results = {
         "seeds": seeds,
         "episodes": episodes_per_run(out, seeds, methods(cfg)),

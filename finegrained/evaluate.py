@@ -126,18 +126,21 @@ def format_table(results: dict[str, dict]) -> str:
     oracle = any("total_error_rate" in r for r in results.values())
     rewards = list(dict.fromkeys(c for r in results.values() for c in r.get("rewards", {})))
     scored = any("reward_total" in r for r in results.values())
+    timed = any("train_seconds" in r for r in results.values())  # the demo's offline runs (demo algorithms=[...])
 
     def fmt(x):
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
     header = ["policy", *[f"err:{c}" for c in categories], *(["total_err"] if oracle else []),
-              *[f"rm:{c}" for c in rewards], *(["rm_total"] if scored else []), "kl", "length", "rouge_l"]  # fmt: skip
+              *[f"rm:{c}" for c in rewards], *(["rm_total"] if scored else []), "kl", "length", "rouge_l",
+              *(["train_s"] if timed else [])]  # fmt: skip
     rows = []
     for name, r in results.items():
         rows.append([
             name, *[fmt(r.get("error_rate", {}).get(c)) for c in categories], *([fmt(r.get("total_error_rate"))] if oracle else []),
             *[fmt(r.get("rewards", {}).get(c)) for c in rewards], *([fmt(r.get("reward_total"))] if scored else []),
             fmt(r.get("kl")), f"{r['mean_length']:.1f}", fmt(r.get("rouge_l")),
+            *([f"{r['train_seconds']:.0f}" if "train_seconds" in r else "-"] if timed else []),
         ])  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in [header, *rows]]

@@ -153,6 +153,8 @@ def policy_card(
             judge = c.get("model") or (c.get("judge") or {}).get("_target_") or "?"
             lines.append(f"- **{name}**: weight {c.get('weight')}, judged by `{judge}`")
         reward_text = "\n".join(lines) or "none"
+    elif algorithm == "dpo":
+        reward_text = "Offline preference optimisation (DPO, IPO or dense DPO): no reward model; the pairs are in the config's `data`."
     else:
         reward_text = "Supervised fine-tuning: no reward."
     sections = [

@@ -442,8 +442,12 @@ DEMO = {
     "annotators": Int("simulated annotators (ann-0 ..), each record annotated by one", low=1),
     "label_noise": Float("probability that a simulated annotator flips a judgement", low=0, high=1),
     "shared_rm": Bool("also a joint reward model on one backbone and a fine-grained PPO run with it"),
-    "algorithms": Choices(("ppo", "grpo"), "learners compared: [ppo] | [ppo,grpo] (also fine-grained and holistic "
-                          "GRPO, 4 samples per prompt, the same episodes)"),
+    "algorithms": Choices(("ppo", "grpo", "dpo_holistic", "dpo_completeness_corrections", "ddpo"),
+                          "learners compared, ppo always among them: grpo adds fine-grained and holistic GRPO (4 samples "
+                          "per prompt, the same episodes); dpo_holistic (DPO on the holistic pairs), "
+                          "dpo_completeness_corrections (DPO on the completeness pairs plus the span corrections) and ddpo "
+                          "(dense DPO on the span corrections) train offline from the same SFT policy and annotations"),
+    "dpo_overrides": Setting("overrides of every offline (dpo) run", "list", overrides_for="dpo"),
     "sft_overrides": Setting("overrides of the SFT stage", "list", overrides_for="sft"),
     "sft_policy": Str("start from this trained SFT policy directory instead of stage 1; `shipped`: the one the "
                       "package ships (the full demo's seed-0 SFT policy); null: train it", nullable=True),
@@ -501,6 +505,39 @@ def critic_free_command(name: str, summary: str) -> Command:
     )  # fmt: skip
 
 
+DPO = {
+    # the run's own keys mean what they mean for ppo
+    **{k: PPO[k] for k in ("output_dir", "seed", "resume", "overwrite", "bf16", "gradient_checkpointing", "accelerate",
+                           "accelerate.cpu", "lora.r", "lora.alpha", "lora.dropout", "lora.targets", "checkpoint.keep",
+                           "log.progress", "log.report_to")},
+    "data.train": Setting("preference JSONL (a file or a list of files); null: the built-in task's simulated annotations",
+                          "any", nullable=True),
+    "data.corrections": Setting("span JSONL (a file or a list): records with a correction become pairs "
+                                "(chosen = correction, rejected = completion)", "any", nullable=True),
+    "data.eval": Setting("held-out preference or span JSONL (a file or a list); null: hold out data.eval_fraction "
+                         "of the prompts", "any", nullable=True),
+    "data.eval_fraction": Float("share of the prompts held out when data.eval is null (0: no held-out split)", low=0, below=1),
+    "data.category": Str("only preference records of this category (e.g. completeness); null: all", nullable=True),
+    "data.schema": Str("annotation schema the files are validated against (a shipped name or a YAML path)", nullable=True),
+    "data.without_correction": Choice(("skip", "error"), "span records without a correction: skip them (counted and "
+                                      "reported) or refuse the file"),
+    "data.builtin": Open("fn(kind, category, split) -> records, used when data.train and data.corrections are null"),
+    "dpo.loss": Choice(("sigmoid", "ipo", "ddpo"), "sigmoid: DPO; ipo: IPO; ddpo: dense DPO, changed tokens weigh dpo.gamma"),
+    "dpo.beta": Float("strength of the pull towards the reference (DPO's beta; IPO's target margin is 1 / (2 beta))", above=0),
+    "dpo.gamma": Float("ddpo: weight of the tokens of segments the annotator changed (RLHF-V: 5)", above=0),
+    "dpo.epochs": Int("passes over the training pairs", low=1),
+    "dpo.batch_size": Int("pairs per optimizer step, over all processes", low=1),
+    "dpo.grad_accum": Int("micro-batches per optimizer step", low=1),
+    "dpo.lr": Float("learning rate", above=0),
+    "dpo.warmup_steps": Int("optimizer steps of linear learning-rate warm-up", low=0),
+    "dpo.max_grad_norm": Float("gradient clipping norm (.inf: no clipping)", above=0, allow_inf=True),
+    "dpo.eval_batch_size": Int("pairs per held-out forward pass", low=1),
+    "checkpoint.every": Int("optimizer steps between checkpoints (0: none)", low=0),
+    "log.eval_every": Int("optimizer steps between held-out evaluations (0: at the start and the end only)", low=0),
+    **mounted("policy", POLICY),
+    **mounted("task", TASK),
+}
+
 COMMANDS: dict[str, Command] = {
     "ppo": Command(
         "ppo", "dense-reward PPO on a causal LM, fine-grained or holistic rewards",
@@ -518,6 +555,22 @@ COMMANDS: dict[str, Command] = {
         PPO,
         rules=PPO_RULES,
         notes="A new reward category needs its kind and granularity (rule judges) or a model directory.",
+    ),
+    "dpo": Command(
+        "dpo", "offline preference optimisation of a causal LM: DPO, IPO or dense DPO on corrections",
+        "finegrained dpo [group=option ...] [key=value ...]",
+        (
+            "finegrained dpo experiment=smoke",
+            "finegrained dpo experiment=smoke dpo.loss=ddpo dpo.gamma=5",
+            "finegrained dpo experiment=smoke dpo.loss=ipo lora.r=4 output_dir=outputs/dpo-ipo-lora",
+            "finegrained dpo policy=pretrained policy.name_or_path=outputs/demo/sft/final"
+            " data.train=outputs/demo/annotations/completeness_train.jsonl"
+            " data.corrections=outputs/demo/annotations/spans_train.jsonl",
+        ),
+        DPO,
+        rules=(multiple_of("policy.n_embd", "policy.n_head"),),
+        notes="experiment=smoke stands for dpo_experiment=smoke (conf/dpo_experiment/).",
+        aliases={"experiment": "dpo_experiment"},
     ),
     "train_rm": Command(
         "train-rm", "train a reward model for one category (or several on one shared backbone)",

@@ -202,3 +202,32 @@ def test_pair_item_preferences(browser, tmp_path):
     assert records["completeness"]["chosen"] == "Bora is a town with 3 bridges."
     assert records["completeness"]["meta"]["item"] == "p1"
     assert records["holistic"]["meta"]["tie"] is True
+
+
+def test_an_edited_correction_is_saved_and_shown_again(browser, tmp_path):
+    rows = [{"id": "q1", "prompt": "facts: Bora is a town.", "completion": EMOJI_COMPLETION},
+            {"id": "q2", "prompt": "question: what is Kelt?", "completion": "Kelt is a village."}]  # fmt: skip
+    corrected = "🦜 Bora is a town. It has 4 bridges."
+    server, output = _serve(tmp_path, rows)
+    try:
+        page = _new_page(browser)
+        page.goto(server.url)
+        page.wait_for_function("document.getElementById('completion').textContent.length > 0")
+        page.click("#correction-box summary")
+        assert page.input_value("#correction") == EMOJI_COMPLETION  # prefilled with the completion
+        page.fill("#correction", corrected)
+        _select(page, "the weather is mild")
+        page.keyboard.press("1")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('item-id').textContent === 'q2'")
+        page.click("#no-errors")  # the box left as the completion: no correction
+        page.wait_for_function("document.getElementById('status').textContent.includes('All 2 items')")
+        page.click("#prev")
+        page.wait_for_function("document.getElementById('item-id').textContent === 'q1'")
+        assert page.input_value("#correction") == corrected
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert records[0]["correction"] == corrected and "correction" not in records[1]

@@ -502,3 +502,48 @@ def test_an_idle_connection_is_closed_without_a_word(served, log_lines):
     with socket.create_connection(server.server_address[:2], timeout=10) as s:
         assert s.recv(65536) == b""  # closed by the server, nothing sent
     assert log_lines == []
+
+
+def test_a_correction_is_saved_in_the_journal_and_the_export(served, tmp_path):
+    server, output = served
+    corrected = "🦜 Bora is a town. It has 4 bridges."
+    start = ROWS[0]["completion"].index("It has 3 bridges")
+    spans = [{"start": start, "end": start + len("It has 3 bridges"), "label": "Wrong-Grounding"}]
+    status, _ = submit(server, 0, {"id": "q1", "spans": spans, "correction": corrected})
+    assert status == 200
+    assert request(server, "GET", "/api/items/0")[1]["annotation"]["correction"] == corrected
+    # the correction box left as the completion (or null): no correction
+    assert submit(server, 1, {"id": "q2", "spans": [], "correction": ROWS[1]["completion"]})[0] == 200
+    assert submit(server, 2, {"id": "q3", "spans": [], "correction": None})[0] == 200
+    status, body = submit(server, 2, {"id": "q3", "spans": [], "correction": ["not", "text"]})
+    assert status == 400 and "'correction' must be the corrected completion" in json.dumps(body)
+    status, body = submit(server, 2, {"id": "q3", "spans": [], "correction": "   "})
+    assert status == 400 and "correction: must not be empty" in json.dumps(body)
+    lines = [json.loads(x) for x in output.read_text(encoding="utf-8").splitlines()]
+    assert [("correction" in r) for r in lines] == [True, False, False]
+    assert "correction" not in request(server, "GET", "/api/items/1")[1]["annotation"]
+
+    clean = tmp_path / "clean.jsonl"
+    export(output, clean, SCHEMA)
+    assert validate_file(clean, SCHEMA) == []
+    exported = {r["id"]: r for r in map(json.loads, clean.read_text(encoding="utf-8").splitlines())}
+    assert exported["q1"]["correction"] == corrected and "correction" not in exported["q2"]
+
+
+def test_a_saved_correction_survives_a_restart(tmp_path):
+    items = write_items(tmp_path / "items.jsonl", ROWS)
+    output = tmp_path / "annotations.jsonl"
+    server = build_server(SCHEMA, items, output, "ann-1", port=0)
+    serve_in_thread(server)
+    try:
+        submit(server, 1, {"id": "q2", "spans": [], "correction": "Kelt is a town."})
+    finally:
+        server.shutdown()
+        server.server_close()
+    server = build_server(SCHEMA, items, output, "ann-1", port=0)
+    serve_in_thread(server)
+    try:
+        assert request(server, "GET", "/api/items/1")[1]["annotation"]["correction"] == "Kelt is a town."
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -33,7 +33,7 @@ def test_misspelled_command_suggests_the_right_one(typo, meant, capsys):
 def test_every_hydra_command_is_checked_before_its_module_loads():
     from finegrained.cli import HYDRA_CONFIGS
 
-    assert set(HYDRA_CONFIGS) == {"train-rm", "eval-rm", "sft", "ppo", "grpo", "rloo", "evaluate", "demo", "bench"}
+    assert set(HYDRA_CONFIGS) == {"train-rm", "eval-rm", "sft", "ppo", "grpo", "rloo", "dpo", "evaluate", "demo", "bench"}
     assert set(HYDRA_CONFIGS) <= set(COMMANDS)
 
 

@@ -97,6 +97,9 @@ def test_converts_spans_with_exact_offsets_and_meta(feedback_file, tmp_path):
     assert first.meta["corrected-prediction"] == "Die Brücke ist 1,2 km lang und wurde 1899 eröffnet."
     assert first.meta["source"] == {"file": "dev_feedback.json", "index": 0, "prediction": 1}
     assert first.meta["explanations"] == [f"why {t}" for t, _, _ in ERRORS]
+    # the corrected prediction differs from prediction 1: it is the record's correction (dense DPO's input)
+    assert first.correction == "Die Brücke ist 1,2 km lang und wurde 1899 eröffnet." != first.completion
+    assert records[1].correction is None  # an empty corrected-prediction is no correction
 
     # offsets past the end are clipped to the text; empty spans are dropped, and both are counted
     assert [(s.label, s.start, s.end) for s in records[1].spans] == [("Irrelevant", 6, 13)]

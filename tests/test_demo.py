@@ -105,3 +105,38 @@ def test_grpo_option_adds_critic_free_runs_on_the_same_episodes(tmp_path):
     assert demo.run_dir(tmp_path, "holistic", 3) == tmp_path / "ppo" / "holistic-seed3"
     with pytest.raises(FinegrainedError, match="must include ppo"):
         demo.methods(compose("demo", ["algorithms=[grpo]"]))
+@pytest.mark.slow
+def test_offline_algorithms_train_from_the_same_annotations_and_sft_policy(tmp_path):
+    from omegaconf import OmegaConf
+
+    from finegrained.config_checks import compose_checked
+    from finegrained.evaluate import format_table
+
+    cfg = compose_checked("demo", ["quick", f"output_dir={tmp_path}", "n_annotation_prompts=40", "n_eval_prompts=8",
+                                   "algorithms=[ppo,dpo_holistic,dpo_completeness_corrections,ddpo]",
+                                   'dpo_overrides=["dpo.epochs=1","dpo.batch_size=8","log.progress=false"]'])  # fmt: skip
+    policy_dir = demo.stage_sft(cfg, tmp_path)
+    files = demo.stage_annotate(cfg, tmp_path, policy_dir)
+    finals = {}
+    for algorithm in demo.DPO_ALGORITHMS:
+        finals[algorithm], seconds = demo.stage_dpo(cfg, tmp_path, 0, algorithm, files, policy_dir)
+        assert (finals[algorithm] / "model.safetensors").is_file() and seconds > 0
+        run = OmegaConf.load(finals[algorithm].parent / "config.yaml")
+        assert run.policy.name_or_path == str(policy_dir)
+        expected = {"dpo_holistic": ("sigmoid", [files["holistic_train"]], None),
+                    "dpo_completeness_corrections": ("sigmoid", [files["completeness_train"]], [files["spans_train"]]),
+                    "ddpo": ("ddpo", None, [files["spans_train"]])}[algorithm]  # fmt: skip
+        as_list = lambda v: None if v is None else [str(x) for x in v]  # noqa: E731
+        assert (run.dpo.loss, as_list(run.data.train), as_list(run.data.corrections)) == (
+            expected[0], as_list(expected[1]), as_list(expected[2]))
+    # done runs are not trained again
+    started = (finals["ddpo"] / "model.safetensors").stat().st_mtime
+    demo.stage_dpo(cfg, tmp_path, 0, "ddpo", files, policy_dir)
+    assert (finals["ddpo"] / "model.safetensors").stat().st_mtime == started
+    report = demo.stage_evaluate(cfg, tmp_path, 0, {"sft": policy_dir, **finals})
+    assert set(report["policies"]) == {"sft", *demo.DPO_ALGORITHMS}
+    for name in demo.DPO_ALGORITHMS:
+        report["policies"][name]["train_seconds"] = 1.0
+    table = format_table(report["policies"])
+    assert "train_s" in table.splitlines()[0] and "err:completeness" in table
+    assert "train_s" not in format_table({"sft": report["policies"]["sft"]})  # the default table is unchanged

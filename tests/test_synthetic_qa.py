@@ -117,3 +117,42 @@ def test_preferences_follow_the_oracle_and_noise_flips_them():
             flipped = task.annotate_preference(r["prompt"], a, b, category, noise=1.0)
             assert (flipped["chosen"], flipped["rejected"]) == (pref["rejected"], pref["chosen"])
     assert n_pairs > 20
+
+
+def test_corrections_fix_every_error_the_oracle_finds_by_minimal_edits():
+    pairs = task.sft_corpus(150, seed=5)
+    corrected = 0
+    for r in pairs:
+        j = task.judge(r["prompt"], r["completion"])
+        correction = task.correct_answer(r["prompt"], r["completion"])
+        if not j.n_errors():
+            assert correction is None
+            continue
+        assert correction is not None and correction != r["completion"]
+        assert task.judge(r["prompt"], correction).n_errors() == 0, (r["completion"], correction)
+        corrected += 1
+    assert corrected > 30
+
+
+def test_a_wrong_value_is_replaced_and_an_irrelevant_clause_deleted():
+    prompt = "facts: Bora is a town. Bora has 3 bridges. Kelt is a village. question: Tell me what kind of place Bora is and how many bridges Bora has."
+    assert task.correct_answer(prompt, "Bora is a town, and it has 5 bridges.") == "Bora is a town, and it has 3 bridges."
+    assert task.correct_answer(prompt, "Bora is a town, and the sky is grey. It has 3 bridges.") == "Bora is a town. It has 3 bridges."
+    assert task.correct_answer(prompt, "Bora is a town.") == "Bora is a town. Bora has 3 bridges."
+
+
+def test_span_annotations_carry_corrections_without_changing_the_random_draws(monkeypatch):
+    pairs = task.sft_corpus(40, seed=2)
+
+    def annotate_all():
+        rng = random.Random(7)
+        records = [task.annotate_spans(r["prompt"], r["completion"], noise=0.2, rng=rng) for r in pairs]
+        return records, rng.getstate()
+
+    with_corrections, state = annotate_all()
+    monkeypatch.setattr(task, "correct_answer", lambda prompt, completion: None)
+    without, state_without = annotate_all()
+    assert state == state_without
+    assert [{k: v for k, v in r.items() if k != "correction"} for r in with_corrections] == without
+    assert any("correction" in r for r in with_corrections) and not any("correction" in r for r in without)
+    assert all(list(r)[-1] == "correction" for r in with_corrections if "correction" in r)  # after meta

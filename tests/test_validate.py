@@ -78,6 +78,16 @@ CASES = {
     "mixed_kinds": ([json.dumps(GOOD_SPAN), json.dumps(GOOD_PREF | {"id": "p"})], 2, "a preference record in a file of span"),
     "unknown_field": ([json.dumps(GOOD_SPAN), span(span=[])], 2, "span: unknown field in a span record"),
     "blank_line_keeps_numbering": ([json.dumps(GOOD_SPAN), "", "   ", span(completion=1)], 4, "completion: must be a string"),
+    "correction_equals_completion": (
+        [json.dumps(GOOD_SPAN), span(correction="Hello world.")], 2, "correction: is the same text as 'completion'",
+    ),
+    "correction_not_a_string": (
+        [json.dumps(GOOD_SPAN), span(correction=["Hello."])], 2, "correction: must be a string (the corrected completion), got a list",
+    ),
+    "correction_empty": ([json.dumps(GOOD_SPAN), span(correction=" ")], 2, "correction: must not be empty"),
+    "correction_on_a_preference": (
+        [json.dumps(GOOD_PREF), pref(correction="better")], 2, "correction: a preference record cannot carry a correction",
+    ),
     "empty_file": ([], None, "empty file: no records"),
     "only_blank_lines": (["", "  ", ""], None, "empty file: no records"),
 }
@@ -195,3 +205,17 @@ def test_cli_subprocess_exit_codes_and_no_traceback(tmp_path):
     assert "Traceback" not in failed.stderr
     assert passed.returncode == 0, passed.stderr
     assert "OK, 1 span record" in passed.stdout
+
+
+def test_a_correction_is_kept_through_load_json_and_datasets(tmp_path):
+    from finegrained.data import SpanRecord, dataset_to_records, records_to_dataset
+
+    path = tmp_path / "spans.jsonl"
+    with_correction = span(id="c", correction="Hello, world!")
+    path.write_text(json.dumps(GOOD_SPAN) + "\n" + with_correction + "\n", encoding="utf-8")
+    plain, corrected = load_span_records(path, SCHEMA)
+    assert plain.correction is None and "correction" not in plain.to_json()  # absent stays absent
+    assert corrected.correction == "Hello, world!" and corrected.to_json()["correction"] == "Hello, world!"
+    back = dataset_to_records(records_to_dataset([plain, corrected]))
+    assert [r.correction for r in back] == [None, "Hello, world!"]
+    assert all(isinstance(r, SpanRecord) for r in back)

@@ -14,7 +14,9 @@ not "saved". A line torn by a crash or by an undo that itself failed is skipped 
 naming ``FILE:LINE``, and the next append starts on a fresh line. Lines use the record formats of the design
 notes (section 3):
 
-- a span item's submission is a span record with the item's ``id``;
+- a span item's submission is a span record with the item's ``id``, with ``correction`` when the annotator
+  edited the completion's text (the page's correction box starts as the completion; left unchanged, no
+  correction is written);
 - a pair item's submission is one preference record per preference category, with id
   ``<item id>/<category>`` and ``meta.item = <item id>``. A tie has no chosen side, so it is written with
   ``meta.tie = true`` (``chosen`` = A, ``rejected`` = B only to keep the record well-formed); ``export``
@@ -223,7 +225,7 @@ class Journal:
                 entry.update(submitted_at=when, annotator=obj.get("annotator"))
                 self.latest[item_id] = entry
             elif item.kind == "span":
-                self.latest[item_id] = {"spans": obj["spans"], "submitted_at": when, "annotator": obj.get("annotator")}
+                self.latest[item_id] = span_entry(obj, when)
         if problems:
             raise InputError(problems[:MAX_LISTED_PROBLEMS])
         if unknown_items:
@@ -270,6 +272,11 @@ class Journal:
                 raise SubmissionError(f"too many spans ({len(spans)}; at most {MAX_SPANS_PER_SUBMISSION})")
             record = {"id": item.id, "prompt": item.prompt, "completion": item.completion, "spans": spans,
                       "annotator": self.annotator, "meta": meta}  # fmt: skip
+            correction = payload.get("correction")
+            if correction is not None and not isinstance(correction, str):
+                raise SubmissionError("'correction' must be the corrected completion (a string) or null")
+            if correction is not None and correction != item.completion:  # the text left as it was: no correction
+                record["correction"] = correction
             records = [record]
         else:
             choices = payload.get("choices")
@@ -313,7 +320,7 @@ class Journal:
         with self._lock:
             self._append(data)
             if item.kind == "span":
-                entry = {"spans": records[0]["spans"], "submitted_at": when, "annotator": self.annotator}
+                entry = span_entry(records[0], when)
             else:
                 entry = {"choices": dict(payload["choices"]), "submitted_at": when, "annotator": self.annotator,
                          "submission": records[0]["meta"]["submission"]}  # fmt: skip
@@ -354,6 +361,14 @@ class Journal:
             # and reading skips it with a warning. Every acknowledged line stays whole.
             log.warning("%s: could not undo a failed append (%s); a torn line remains at the end and will "
                         "be skipped", self.path, e.strerror or e)  # fmt: skip
+
+
+def span_entry(record: dict[str, Any], when: str) -> dict[str, Any]:
+    """The stored annotation of a span item: its spans, when and by whom, and its correction if any."""
+    entry = {"spans": record["spans"], "submitted_at": when, "annotator": record.get("annotator")}
+    if "correction" in record:
+        entry["correction"] = record["correction"]
+    return entry
 
 
 def _fsync_directory(path: Path) -> None:

@@ -10,7 +10,9 @@ Output (``convert``):
 
 - ``spans.jsonl``: one span record per question for ``prediction 1``, id ``<split>-<index>``; every error
   span with its offsets unchanged and its error type as label; ``meta`` keeps ``missing-info``,
-  ``corrected-prediction``, the error ``explanations`` (parallel to ``spans``), ``gold`` and ``source``.
+  ``corrected-prediction``, the error ``explanations`` (parallel to ``spans``), ``gold`` and ``source``;
+  ``correction`` (the input of ``finegrained dpo loss=ddpo``) is the ``corrected-prediction`` when it is a
+  non-empty string different from the prediction, absent otherwise.
 - ``preferences.jsonl``: one record per non-tied comparison, id ``<split>-<index>-p<a>v<b>``, category
   ``holistic`` (the overall judgement of the paper's baseline), ``chosen`` the preferred prediction;
   then the ``completeness`` comparisons the paper derives from ``corrected-prediction`` (see
@@ -119,6 +121,15 @@ def _require(obj: dict, key: str, kind: type, where: str) -> Any:
     return value
 
 
+def correction_of(corrected: object, completion: str) -> str | None:
+    """The span record's ``correction``: QA-Feedback's ``corrected-prediction`` when it is a non-empty string
+    that differs from the prediction (annotators left many predictions as they were); else None. ``meta``
+    keeps the raw value either way."""
+    if isinstance(corrected, str) and corrected.strip() and corrected != completion:
+        return corrected
+    return None
+
+
 def convert_example(
     example: object, index: int, split: str, source: str, schema: AnnotationSchema, stats: ConversionStats,
     split_sub_sentences: SubSentenceSplitter | None = None,
@@ -145,6 +156,7 @@ def convert_example(
             "explanations": explanations,
             "gold": example.get("gold"),
         },
+        correction=correction_of(feedback.get("corrected-prediction"), completion),
     )
     preferences = _holistic_preferences(preference, predictions, prompt, record_id, source_meta, where, stats)
     stats.questions += 1

@@ -362,13 +362,85 @@ def oracle_error_rates(prompts_: list[str], completions: list[str]) -> dict:
     }
 
 
+# Corrections --------------------------------------------------------------------------------------
+def _clause_subjects(completion: str, sub_sentences: list[tuple[int, int]], asked_place: str) -> list[str]:
+    """The place an ``it`` in each sub-sentence refers to, as ``judge`` resolves it (the last place named
+    before the clause, else the asked place)."""
+    subjects, subject = [], asked_place
+    for start, end in sub_sentences:
+        subjects.append(subject)
+        named = re.findall(r"\b(" + "|".join(PLACES) + r")\b", completion[start:end])
+        if named:
+            subject = named[-1]
+    return subjects
+
+
+def _fix_wrong_values(clause: str, default_subject: str, known: dict[str, dict[str, str]]) -> str:
+    """The clause with every claimed value that contradicts the facts replaced by the stated one."""
+    edits = []
+    for attribute in ATTRIBUTES:
+        for m in CLAIM_PATTERNS[attribute].finditer(clause):
+            subject = m.group("subject") if m.group("subject") in PLACES else default_subject
+            fact = known.get(subject, {}).get(attribute)
+            if fact is not None and m.group("value") != fact and not (attribute == "kind" and m.group("value") == "known"):
+                edits.append((*m.span("value"), fact))
+    for start, end, value in sorted(edits, reverse=True):
+        clause = clause[:start] + value + clause[end:]
+    return clause
+
+
+def _as_sentence(clauses: list[str]) -> str:
+    """Kept clauses of one sentence joined back: no leading ``and``, a capital first letter, a final period."""
+    text = " ".join(clauses)
+    text = re.sub(r"^(?:and|but)\s+", "", text, flags=re.IGNORECASE)
+    text = text.rstrip(",;: ")
+    if not text.endswith((".", "!", "?")):
+        text += "."
+    return text[0].upper() + text[1:]
+
+
+def correct_answer(prompt: str, completion: str) -> str | None:
+    """The answer as a careful annotator corrects it (RLHF-V style, minimal edits): irrelevant, redundant
+    and unverifiable clauses deleted, wrong values replaced by the facts' values, missing asked attributes
+    appended as sentences (``Bora has 3 bridges.``). Deterministic, no random draws. None when there is
+    nothing to correct, or when the edited text is not better by the oracle (fewer error units)."""
+    j = judge(prompt, completion)
+    if not j.n_errors():
+        return None
+    facts = parse_prompt(prompt)
+    place, known = facts["place"], facts["known"]
+    subjects = _clause_subjects(completion, j.sub_sentences, place)
+    sentences = []
+    for s_start, s_end in j.sentences:
+        kept = []
+        for i, (start, end) in enumerate(j.sub_sentences):
+            if not s_start <= start < s_end or i in j.relevance_errors or j.error_clauses.get(i) == "Unverifiable":
+                continue
+            clause = completion[start:end]
+            if j.error_clauses.get(i) == "Wrong-Grounding":
+                clause = _fix_wrong_values(clause, subjects[i], known)
+            kept.append(clause)
+        if kept:
+            sentences.append(_as_sentence(kept))
+    corrected = " ".join(sentences)
+    missing = judge(prompt, corrected).missing if corrected else list(j.asked)
+    sentences += [fact_sentence(place, a, known[place][a]) + "." for a in missing if a in known.get(place, {})]
+    corrected = " ".join(sentences)
+    if not corrected or corrected == completion or judge(prompt, corrected).n_errors() >= j.n_errors():
+        return None
+    return corrected
+
+
 # Simulated annotators -----------------------------------------------------------------------------
 def annotate_spans(
     prompt: str, completion: str, annotator: str = "ann-0", noise: float = 0.0, rng: random.Random | None = None
 ) -> dict:
     """A span record (DESIGN.md section 3) as a careful annotator would write it: each erroneous clause
     marked with its error type (relevance errors on the sub-sentence, factuality errors on the clause
-    holding the bad claim). With ``noise`` > 0 each sub-sentence's judgement flips with that probability."""
+    holding the bad claim). With ``noise`` > 0 each sub-sentence's judgement flips with that probability.
+    When the answer has errors the record also carries ``correction`` (``correct_answer``, after ``meta``):
+    the careful annotator's corrected answer, derived without random draws and free of label noise, so the
+    draws from ``rng`` and every other field are those of an annotator who writes no corrections."""
     rng = rng or random.Random(0)
     j = judge(prompt, completion)
     spans = []
@@ -383,7 +455,11 @@ def annotate_spans(
             spans.append({"start": start, "end": end, "label": relevance})
         if factuality:
             spans.append({"start": start, "end": end, "label": factuality})
-    return {"id": "", "prompt": prompt, "completion": completion, "spans": spans, "annotator": annotator, "meta": {}}
+    record = {"id": "", "prompt": prompt, "completion": completion, "spans": spans, "annotator": annotator, "meta": {}}
+    correction = correct_answer(prompt, completion)
+    if correction is not None:
+        record["correction"] = correction
+    return record
 
 
 def annotate_preference(
@@ -439,3 +515,30 @@ def oracle_sequence_judge(category: str = "completeness"):
         return [float(-len(j.missing) if category == "completeness" else -j.n_errors()) for j in js]
 
     return judge_sequences
+
+
+# Offline preference data -------------------------------------------------------------------------
+def simulated_annotations(kind: str, category: str | None = None, split: str = "train", n_prompts: int = 128,
+                          samples_per_prompt: int = 2, seed: int = 1) -> list[dict]:  # fmt: skip
+    """Annotated records for offline preference training without any file (``finegrained dpo``'s default
+    data): ``samples_per_prompt`` answers of the noisy writer to each of ``n_prompts`` prompts of ``split``,
+    judged by a careful simulated annotator. ``kind="preference"``: a preference record of ``category``
+    (``holistic`` when None, or ``completeness``) for each non-tied pair of answers; ``kind="span"``: one span
+    record per answer, with a ``correction`` when the answer has errors. Its own random stream: the demo's
+    annotations do not change."""
+    if kind not in ("preference", "span"):
+        raise ValueError(f"kind must be 'preference' or 'span', got {kind!r}")
+    rng = random.Random(f"synthetic_qa:offline:{split}:{seed}")
+    out = []
+    for record in prompts(split, n=n_prompts, seed=seed):
+        answers = [write_answer(record, rng, DEFAULT_ERROR_RATES) for _ in range(samples_per_prompt)]
+        if kind == "span":
+            for j, answer in enumerate(answers):
+                out.append({**annotate_spans(record["prompt"], answer), "id": f"{record['id']}-s{j}"})
+            continue
+        for a in range(len(answers)):
+            for b in range(a + 1, len(answers)):
+                pref = annotate_preference(record["prompt"], answers[a], answers[b], category or "holistic")
+                if pref is not None:
+                    out.append({**pref, "id": f"{record['id']}-{category or 'holistic'}-{a}v{b}"})
+    return out

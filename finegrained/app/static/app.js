@@ -163,6 +163,9 @@ function showItem(item, annotation) {
     state.offsets = new Offsets(item.completion);
     const source = annotation ? annotation.spans : item.suggested_spans || [];
     state.spans = source.map((s) => ({ start: s.start, end: s.end, label: s.label }));
+    const correction = annotation && typeof annotation.correction === "string" ? annotation.correction : null;
+    $("correction").value = correction === null ? item.completion : correction;
+    $("correction-box").open = correction !== null;
     renderCompletion();
     renderSpanList();
     renderSelection();
@@ -286,7 +289,9 @@ function addSpan(label) {
 }
 
 async function submitSpans(spans) {
-  await submit({ id: state.item.id, spans });
+  // the correction box starts as the completion: unchanged means no correction (the server leaves it out)
+  const correction = $("correction").value;
+  await submit({ id: state.item.id, spans, correction: correction === state.item.completion ? null : correction });
 }
 
 // ---- pair mode ----------------------------------------------------------------------------------
@@ -418,6 +423,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("submit").addEventListener("click", () => submitSpans(state.spans));
   $("no-errors").addEventListener("click", () => submitSpans([]));
+  $("correction").addEventListener("input", () => { state.dirty = true; });
+  $("reset-correction").addEventListener("click", () => { $("correction").value = state.item.completion; state.dirty = true; });
   $("submit-pair").addEventListener("click", submitCurrent);
   document.addEventListener("selectionchange", onSelectionChange);
   document.addEventListener("keydown", onKey);
