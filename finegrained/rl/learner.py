@@ -32,22 +32,23 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..config import log, save_config, to_container
+from ..config import log
 from ..errors import FinegrainedError
-from ..model_dirs import check_local_source
-from .generation import fit_prompts, prompt_token_budget
-from ..io import atomic_directory, atomic_write_json, remove_stale_temporaries
-from ..model_dirs import first_non_finite, module_tensors, save_pretrained_dir
+from ..io import atomic_write_json
+from ..model_card import policy_card
+from ..model_dirs import check_local_source, first_non_finite, module_tensors
 from ..progress import Progress
-from ..model_card import policy_card, write_card
 from ..rewards.placement import decode_with_offsets, place_rewards
 from ..rewards.scorer import NonFiniteJudgementError, RewardScorer, has_non_finite
-from ..trackers import Trackers, check_installed, report_to_of
+from ..trackers import check_installed, report_to_of
 from . import functional as F
-from .checkpoint import checkpoint_dirs, load_latest_checkpoint, remove_interrupted_writes, save_checkpoint
+from .checkpoint import checkpoint_dirs, load_latest_checkpoint, save_checkpoint
+from .generation import fit_prompts, prompt_token_budget
 from .lora import add_adapters
 from .policy import build_policy, frozen_copy
+from .replicas import require_identical_replicas
 from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
+from .runs import clear_interrupted_writes, make_accelerator, refuse_existing_run, start_logging, write_final_policy
 from .types import Trajectory
 
 PHASES = ("generate", "segment", "score", "place", "ref_value_forward", "advantage", "update")
@@ -88,18 +89,16 @@ class Learner:
     algorithm = "rl"
 
     def __init__(self, cfg: DictConfig):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
+        self.accelerator = make_accelerator(cfg)
         self.is_main = self.accelerator.is_main_process
         check_installed(report_to_of(cfg))  # before any model is built
         if self.is_main:
-            self._remove_interrupted_writes()
-        self._check_output_dir()
+            clear_interrupted_writes(self.out, self.algorithm, log)
+        refuse_existing_run(self.out, cfg.resume, cfg.overwrite, self.algorithm.upper())
         set_seed(cfg.seed)
         records = load_task_records(cfg)
         self.prompts = [r["prompt"] for r in records]
@@ -150,14 +149,7 @@ class Learner:
         self.data_position = 0
         if cfg.resume:
             self._resume()
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
-        # main process only; a resumed run rewrites tensorboard from its next iteration and continues the
-        # MLflow / W&B runs it started
-        self.trackers = Trackers(report_to_of(cfg), self.out, run_name=self.out.name, enabled=self.is_main,
-                                 purge_step=self.iteration + 1 if self.iteration else None, resume=bool(self.iteration))  # fmt: skip
-        self.trackers.log_config(to_container(cfg))
+        self.trackers = start_logging(cfg, self.out, self.iteration, self.is_main)
 
     # -- what an algorithm adds ------------------------------------------------------------------------
     def build_critic(self, policy):
@@ -190,11 +182,6 @@ class Learner:
         return stats
 
     # -- set-up helpers ------------------------------------------------------------------------------
-    def _check_output_dir(self) -> None:
-        existing = checkpoint_dirs(self.out) or (self.out / "final").exists()
-        if existing and not (self.cfg.resume or self.cfg.overwrite):
-            raise FinegrainedError(f"{self.out} already holds a {self.algorithm.upper()} run; pass resume=true to continue it or overwrite=true to start over")
-
     def _fit_prompts(self, records: list[dict], policy, value) -> int | None:
         """Prompt tokens that leave room for max_new_tokens in the policy and a separate value trunk;
         too-long prompts are cut (from the left or the right) or refused, by ``task.truncate``."""
@@ -204,12 +191,6 @@ class Learner:
         source = f"task={self.cfg.task.get('name') or '?'} (train)"
         fit_prompts(self.tokenizer, records, budget, rule, who=self.algorithm, source=source, quiet=not self.is_main)
         return budget
-
-    def _remove_interrupted_writes(self) -> None:
-        """Temporaries a killed run left (checkpoints, final/, initial_policy/, config.yaml): ours only."""
-        cleared = remove_interrupted_writes(self.out) + remove_stale_temporaries(self.out, r"final|initial_policy|config\.yaml")
-        for path in cleared:
-            log(f"[{self.algorithm}] cleared {path}, left by an interrupted write")
 
     def _oracle(self):
         oracle_cfg = self.cfg.task.get("oracle")
@@ -459,34 +440,14 @@ class Learner:
             )  # fmt: skip
         self.accelerator.wait_for_everyone()
 
-    def check_replicas_agree(self) -> None:
-        """With several processes, every rank must hold the same policy weights; fail loudly otherwise."""
-        if self.accelerator.num_processes == 1:
-            return
-        import hashlib
-
-        from accelerate.utils import gather_object
-
-        digest = hashlib.sha256()
-        for tensor in self.accelerator.unwrap_model(self.policy).state_dict().values():
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        fingerprints = gather_object([digest.hexdigest()])
-        if len(set(fingerprints)) != 1:
-            raise RuntimeError(f"processes disagree on the policy weights: {fingerprints}")
-        if self.is_main:
-            log(f"[{self.algorithm}] {len(fingerprints)} processes hold identical policy weights (sha256 {fingerprints[0][:12]})")
-
     def save_final(self) -> None:
-        self.check_replicas_agree()
+        require_identical_replicas(self.accelerator, self.policy, self.algorithm, log)
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            policy = self.accelerator.unwrap_model(self.policy)
-            if self.cfg.lora.r:
-                policy = policy.merge_and_unload()  # final/ is a plain HF model: adapters folded into the weights
-            with atomic_directory(self.out / "final", overwrite=True) as tmp:
-                save_pretrained_dir(tmp, policy, self.tokenizer)
-                write_card(tmp, policy_card(algorithm=self.algorithm, base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg,
-                                            reward=self.cfg.reward, summary=self.run_summary()))  # fmt: skip
+            # final/ is a plain HF model: LoRA adapters folded into the weights
+            card = policy_card(algorithm=self.algorithm, base_model=self.cfg.policy.name_or_path or "tiny", config=self.cfg,
+                               reward=self.cfg.reward, summary=self.run_summary())  # fmt: skip
+            write_final_policy(self.out, self.accelerator.unwrap_model(self.policy), self.tokenizer, bool(self.cfg.lora.r), card)
         self.accelerator.wait_for_everyone()
 
     def run_summary(self) -> dict:
