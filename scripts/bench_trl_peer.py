@@ -52,10 +52,10 @@ ours (each where it differs from finegrained's ppo/bench config):
                                             bnpo and grpo are the same loss up to a constant, same cost)
   generation min length   none  -> response length (generation_kwargs min_new_tokens)
   logging_steps           10    -> never   (trl's logging is not the method's work)
+  disable_dropout         False -> True    (finegrained's policy sets every dropout to 0: rl/policy.py)
 Left at trl's default because they equal ours: temperature 1.0, top_k 0, top_p 1.0, epsilon (clip) 0.2,
-scale_rewards "group" (divide by the group's std), max_grad_norm 1.0, dropout kept (disable_dropout False;
-finegrained's GPT-2 has GPT-2's 0.1), mask_truncated_completions False (every completion is "truncated"
-at the forced length; masking them would zero the loss).
+scale_rewards "group" (divide by the group's std), max_grad_norm 1.0, mask_truncated_completions False
+(every completion is "truncated" at the forced length; masking them would zero the loss).
 
 DPO, equal work: ``--batch-size`` preference pairs per optimizer step, each a ``--prompt-length`` token
 prompt with a chosen and a rejected completion of ``--completion-length`` tokens (fixed lengths, token
@@ -65,7 +65,8 @@ computed on the fly in every step (``precompute_ref_log_probs=False``, trl's def
 DPO does: one no-grad reference forward and one policy forward + backward over the 2 x batch sequences
 per step. trl defaults turned: gradient_checkpointing True -> False, bf16 True -> False (``--bf16``),
 learning_rate 1e-6 -> 5e-5, logging never; left: loss_type sigmoid, beta 0.1, disable_dropout True
-(``--keep-dropout`` keeps GPT-2's 0.1), max_length 1024 (no truncation at these lengths).
+(finegrained's policy runs without dropout too; ``--keep-dropout`` keeps GPT-2's 0.1), max_length set to
+prompt + completion (no truncation).
 """
 
 from __future__ import annotations
@@ -270,6 +271,7 @@ def grpo(args: argparse.Namespace) -> dict:
         temperature=1.0, top_k=0, top_p=1.0,
         beta=args.beta, loss_type=args.loss_type, scale_rewards="group", epsilon=0.2, max_grad_norm=1.0,
         learning_rate=5e-5, use_vllm=False, mask_truncated_completions=False, log_completions=False,
+        disable_dropout=True,  # finegrained's policy runs with every dropout at 0
     )  # fmt: skip
     marks: list[float] = []
     trainer = GRPOTrainer(
