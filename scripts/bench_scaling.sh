@@ -5,7 +5,7 @@
 # (seconds per iteration, tokens per second, peak RSS) and writes OUT/scaling.json.
 #
 #   bash scripts/bench_scaling.sh                          # the README's table (about 15 min on 2 cores)
-#   BATCHES="8 16" LENGTHS="32" OPTIONS=no ITERATIONS=2 N_LAYER=2 N_EMBD=128 VOCAB=1024 bash scripts/bench_scaling.sh
+#   BATCHES="8 16" LENGTHS="32" OPTIONS=no ITERATIONS=2 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=1024 bash scripts/bench_scaling.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ OPTIONS=${OPTIONS:-yes}
 ITERATIONS=${ITERATIONS:-3}
 N_LAYER=${N_LAYER:-6}
 N_EMBD=${N_EMBD:-384}
+N_HEAD=${N_HEAD:-6}           # must divide N_EMBD
 VOCAB=${VOCAB:-8192}
 OUT=${OUT:-outputs/bench-scaling}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -40,7 +41,7 @@ for run in "${runs[@]}"; do
     # One process per run: peak RSS is then the run's own.
     # shellcheck disable=SC2086
     "$PYTHON" -m finegrained.cli bench output_dir="$OUT/$name" bench.mode=holistic bench.n_layer="$N_LAYER" \
-        bench.n_embd="$N_EMBD" bench.vocab_size="$VOCAB" bench.iterations="$ITERATIONS" bench.bare_repeats=1 \
+        bench.n_embd="$N_EMBD" bench.n_head="$N_HEAD" bench.vocab_size="$VOCAB" bench.iterations="$ITERATIONS" bench.bare_repeats=1 \
         $overrides 2>"$OUT/$name.log" | sed 's/^/    /' >&2
 done
 
