@@ -258,7 +258,7 @@ def check_bench_config(b: DictConfig) -> None:
         raise FinegrainedError(f"bench.lora_r={b.lora_r}: expected 0 (off) or a positive rank")
     if b.get("shared_rm", False) and b.mode != "fine_grained":
         raise FinegrainedError("bench.shared_rm=true needs bench.mode=fine_grained (holistic has one reward model)")
-    if bench_algorithm(b) != "ppo" and b.batch_size % CRITIC_FREE_SAMPLES:
+    if bench_algorithm(b) in ("grpo", "rloo") and b.batch_size % CRITIC_FREE_SAMPLES:
         raise FinegrainedError(f"bench.batch_size={b.batch_size}: bench.algorithm={bench_algorithm(b)} samples "
                                f"{CRITIC_FREE_SAMPLES} per prompt, so the batch must be a multiple of {CRITIC_FREE_SAMPLES}")
     if b.get("bare_repeats", 0) < 0:
@@ -313,6 +313,10 @@ def run_bench(cfg: DictConfig) -> dict:
 
     b = cfg.bench
     check_bench_config(b)
+    if bench_algorithm(b) == "dpo":  # offline: optimizer steps on fixed pairs, no rollout phases
+        from .rl.dpo_bench import bench_dpo
+
+        return bench_dpo(cfg)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="finegrained-bench-") as tmp:

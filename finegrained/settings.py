@@ -463,8 +463,9 @@ DEMO = {
 BENCH = {
     "output_dir": Str("where bench.json (and profile.txt) go"),
     "seed": Int("random seed", low=0),
-    "bench.algorithm": Choice(("ppo", "grpo", "rloo"), "the learner timed (grpo, rloo: batch_size episodes as "
-                              "batch_size / 4 prompts x 4 samples; batch_size a multiple of 4)"),
+    "bench.algorithm": Choice(("ppo", "grpo", "rloo", "dpo"), "the learner timed (grpo, rloo: batch_size episodes as "
+                              "batch_size / 4 prompts x 4 samples, batch_size a multiple of 4; dpo: optimizer steps on "
+                              "batch_size pairs of 64 prompt + response_length tokens)"),
     "bench.mode": Choice(("holistic", "fine_grained"), "holistic: one sequence reward model; fine_grained: three categories"),
     "bench.n_layer": Int("layers of every model", low=1),
     "bench.n_embd": Int("width of every model", low=1),

@@ -10,8 +10,8 @@
 #   FG_ARGS="bench.lora_r=8" TRL_ARGS="--lora-r 8" scripts/bench_compare.sh       both with LoRA r=8 (trl via peft)
 #   FG_ARGS="bench.mode=fine_grained bench.shared_rm=true" scripts/bench_compare.sh   three categories on one reward backbone vs trl holistic
 #   ROUNDS=1 ITERATIONS=3 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=2048 BATCH=8 LENGTH=32 EPOCHS=2 scripts/bench_compare.sh
-#   ALGORITHM=grpo scripts/bench_compare.sh        GRPO: 16 prompts x GENERATIONS=4 samples of 64 tokens, 4 epochs
-#   ALGORITHM=dpo scripts/bench_compare.sh         DPO: 16 pairs per step, PROMPT_LENGTH=32 + LENGTH=64 tokens
+#   ALGORITHM=grpo scripts/bench_compare.sh        GRPO: 16 completions (4 prompts x GENERATIONS=4) of 64 tokens, 4 epochs
+#   ALGORITHM=dpo scripts/bench_compare.sh         DPO: 16 pairs per step, PROMPT_LENGTH=64 + LENGTH=64 tokens
 #   ALGORITHM=grpo PEER_ONLY=1 ...                 the trl side alone (no finegrained bench run)
 #
 # Each round runs `finegrained bench` (holistic mode unless FG_ARGS says otherwise) then the peer, ITERATIONS
@@ -30,12 +30,12 @@ N_LAYER=${N_LAYER:-6}
 N_EMBD=${N_EMBD:-384}
 N_HEAD=${N_HEAD:-6}
 VOCAB=${VOCAB:-8192}
-BATCH=${BATCH:-16}           # ppo: episodes; grpo: prompts per iteration; dpo: preference pairs per step
+BATCH=${BATCH:-16}           # ppo, grpo: episodes (completions) per iteration; dpo: preference pairs per step
 LENGTH=${LENGTH:-64}         # new tokens per response (dpo: of the chosen and of the rejected completion)
 EPOCHS=${EPOCHS:-4}          # ppo, grpo: optimisation epochs per batch
-GENERATIONS=${GENERATIONS:-4}  # grpo: samples per prompt (finegrained bench.samples_per_prompt, trl num_generations)
+GENERATIONS=${GENERATIONS:-4}  # grpo: samples per prompt (trl num_generations; finegrained bench: 4)
 MINIBATCHES=${MINIBATCHES:-1}  # grpo: optimizer steps per epoch
-PROMPT_LENGTH=${PROMPT_LENGTH:-32}  # dpo: prompt tokens of the peer's pairs
+PROMPT_LENGTH=${PROMPT_LENGTH:-64}  # dpo: prompt tokens of the peer's pairs (finegrained's bench: 64)
 OUT=${OUT:-outputs/bench-compare}
 PYTHON=${PYTHON:-.venv/bin/python}
 TRL_VENV=${TRL_VENV:-../trl-venv}            # trl 1.12.0 (PPO)
@@ -71,14 +71,19 @@ case "$ALGORITHM" in
                    --iterations "$ITERATIONS")
         n_prompts=$((BATCH * ITERATIONS)) ;;
     grpo)
+        # equal work: BATCH completions per iteration on both sides, BATCH / GENERATIONS prompts x GENERATIONS samples
+        # (finegrained bench's critic-free runs sample 4 per prompt)
+        if [ "$GENERATIONS" != 4 ] || [ $((BATCH % 4)) != 0 ]; then
+            echo "ALGORITHM=grpo: finegrained bench samples 4 per prompt: GENERATIONS must be 4 and BATCH a multiple of 4" >&2; exit 2
+        fi
         fg_args=(bench.algorithm=grpo bench.mode=holistic "${shape[@]}" bench.batch_size="$BATCH"
-                 bench.samples_per_prompt="$GENERATIONS" bench.response_length="$LENGTH" bench.ppo_epochs="$EPOCHS"
+                 bench.response_length="$LENGTH" bench.ppo_epochs="$EPOCHS"
                  bench.minibatches="$MINIBATCHES" bench.iterations="$ITERATIONS" bench.bare_repeats=1)
-        peer_args=(grpo "${peer_shape[@]}" --prompts "$BATCH" --generations "$GENERATIONS" --response-length "$LENGTH"
+        peer_args=(grpo "${peer_shape[@]}" --prompts $((BATCH / GENERATIONS)) --generations "$GENERATIONS" --response-length "$LENGTH"
                    --epochs "$EPOCHS" --minibatches "$MINIBATCHES" --iterations "$ITERATIONS")
         n_prompts=$((BATCH * ITERATIONS)) ;;
     dpo)
-        # finegrained's DPO bench takes its prompt length from its own pairs; pass its key in FG_ARGS if it has one
+        # finegrained's DPO bench pairs have 64 prompt tokens (finegrained.rl.dpo_bench.PROMPT_TOKENS): PROMPT_LENGTH=64
         fg_args=(bench.algorithm=dpo "${shape[@]}" bench.batch_size="$BATCH" bench.response_length="$LENGTH"
                  bench.iterations="$ITERATIONS")
         peer_args=(dpo "${peer_shape[@]}" --batch-size "$BATCH" --prompt-length "$PROMPT_LENGTH"

@@ -38,3 +38,12 @@ def test_random_pairs_have_the_bench_shapes():
         assert len(p.chosen_ids) == len(p.rejected_ids) == PROMPT_TOKENS + 8
         assert p.chosen_ids[:PROMPT_TOKENS] == p.rejected_ids[:PROMPT_TOKENS] and p.chosen_ids[-1] == 0
         assert len(p.chosen_weights) == 8 and set(p.chosen_weights) <= {1.0, 5.0}
+
+
+def test_bench_command_times_dpo_with_bench_algorithm_dpo(tmp_path, capsys):
+    from finegrained.cli import main
+
+    assert main(["bench", "bench.algorithm=dpo", f"output_dir={tmp_path}", *TINY]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["loss"] == "sigmoid" and len(result["iteration_seconds"]) == 2
+    assert "seconds/iteration" in capsys.readouterr().out
