@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # --help or --cfg, answered without importing the command (or torch)
         module = importlib.import_module(module_name)
         code = module.main(rest)
+        _close_process_group(finished=True)
     except FinegrainedError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USER_ERROR
@@ -90,15 +91,19 @@ def _checked_first(config_name: str, argv: list[str]) -> bool:
     return compose_from_argv(config_name, argv) is not None
 
 
-def _close_process_group() -> None:
+def _close_process_group(finished: bool = False) -> None:
     """Tear down torch.distributed before the interpreter exits. A gloo process group left alive at exit
     can abort a finished worker ("terminate called without an active exception", SIGABRT) after all its
-    work succeeded, which fails the whole torchrun job."""
+    work succeeded, which fails the whole torchrun job; so can a rank that tears its connections down while
+    its peer is still inside its last collective. ``finished``: every rank completed the command, so they
+    meet at a barrier first (never after an error: a failed rank's peer may never arrive)."""
     if "torch.distributed" not in sys.modules:
         return  # never imported: nothing to close (and no reason to import torch for it)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
