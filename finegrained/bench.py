@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose, library_versions, log, to_container
+from .config import compose, library_versions, log, machine_description, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_text
 
@@ -361,6 +361,7 @@ def run_bench(cfg: DictConfig) -> dict:
         "tokens_per_second": b.batch_size * b.response_length / seconds,
         "model_state_mb": state_mb,
         "versions": library_versions(),
+        "machine": machine_description(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],

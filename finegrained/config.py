@@ -94,3 +94,20 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def machine_description() -> dict[str, object]:
+    """The CPU a result was computed on. Float results (and so the demo's figures) depend on it, not only on
+    the library versions: torch picks its kernels by the CPU's vector instructions (``cpu_capability``, e.g.
+    AVX2 or AVX512), and the order of a reduction changes with the thread count."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}

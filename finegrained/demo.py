@@ -30,7 +30,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from .config import library_versions, log, to_container
+from .config import library_versions, log, machine_description, to_container
 from .errors import FinegrainedError
 from .io import atomic_write_json, atomic_write_jsonl
 
@@ -389,6 +389,7 @@ def run_demo(cfg: DictConfig) -> dict:
         "verdict": verdict(policies),
         "seconds": time.perf_counter() - started,
         "versions": library_versions(),
+        "machine": machine_description(),
         "config": to_container(cfg),
     }
     plots = write_plots(out, seeds, methods(cfg))

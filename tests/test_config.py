@@ -289,3 +289,13 @@ def test_console_refuses_bad_settings_with_exit_2_and_no_traceback(argv, key):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f": {key}: " in done.stderr
+
+
+def test_machine_description_names_the_cpu_and_its_kernels():
+    import torch
+
+    from finegrained.config import machine_description
+
+    described = machine_description()
+    assert described["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert described["torch_threads"] == torch.get_num_threads() and isinstance(described["cpu"], str)
