@@ -56,11 +56,10 @@ def synthetic_corpus(n_words: int, seed: int) -> list[str]:
     return [" ".join(words[i : i + 40]) + "." for i in range(0, n_words, 40)]
 
 
-def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
-    """Save a policy dir and reward-model dirs under ``root``; returns (policy dir, reward config)."""
+def build_policy_dir(b: DictConfig, root: Path, seed: int) -> tuple[Path, object]:
+    """``root/policy``: a GPT-2 style policy of the bench's shape with a tokenizer trained to ``b.vocab_size`` on
+    built-in text; returns (its directory, the tokenizer)."""
     from .models.tiny import tiny_causal_lm, train_tokenizer
-    from .rewards.directory import init_reward_model_dir
-    from .schema import load_schema
     from .tasks.synthetic_qa import prompts
 
     texts = [r["prompt"] + " " + r["reference"] for r in prompts("train", n=500)] + synthetic_corpus(400_000, seed)
@@ -69,6 +68,15 @@ def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
     policy_dir = root / "policy"
     policy.save_pretrained(policy_dir)
     tokenizer.save_pretrained(policy_dir)
+    return policy_dir, tokenizer
+
+
+def build_models(b: DictConfig, root: Path, seed: int) -> tuple[str, dict]:
+    """Save a policy dir and reward-model dirs under ``root``; returns (policy dir, reward config)."""
+    from .rewards.directory import init_reward_model_dir
+    from .schema import load_schema
+
+    policy_dir, tokenizer = build_policy_dir(b, root, seed)
     schema = load_schema("synthetic_qa")
     names = ["holistic"] if b.mode == "holistic" else ["relevance", "factuality", "completeness"]
     categories = {}
@@ -316,7 +324,10 @@ def run_bench(cfg: DictConfig) -> dict:
     if bench_algorithm(b) == "dpo":  # offline: optimizer steps on fixed pairs, no rollout phases
         from .rl.dpo_bench import bench_dpo
 
-        return bench_dpo(cfg)
+        with tempfile.TemporaryDirectory(prefix="finegrained-bench-dpo-") as tmp:
+            log(f"[bench] building the policy: {b.n_layer} layers x {b.n_embd}, vocabulary {b.vocab_size}")
+            policy_dir, _ = build_policy_dir(b, Path(tmp), cfg.seed)
+            return bench_dpo(cfg, policy_dir)
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     with tempfile.TemporaryDirectory(prefix="finegrained-bench-") as tmp:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from finegrained.bench import build_policy_dir
 from finegrained.config import compose
 from finegrained.rl.dpo_bench import PROMPT_TOKENS, bench_dpo, random_pairs
 
@@ -15,7 +16,8 @@ TINY = ["bench.n_layer=1", "bench.n_embd=32", "bench.n_head=2", "bench.vocab_siz
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ddpo"])
 def test_bench_dpo_writes_its_fields(tmp_path, loss):
-    result = bench_dpo(compose("bench", [f"output_dir={tmp_path}", *TINY]), loss=loss)
+    cfg = compose("bench", [f"output_dir={tmp_path}", *TINY])
+    result = bench_dpo(cfg, build_policy_dir(cfg.bench, tmp_path, 0)[0], loss=loss)
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(result))
     for key in ("seconds_per_iteration", "tokens_per_second", "peak_rss_mb"):
         assert result[key] > 0, key
@@ -27,7 +29,8 @@ def test_bench_dpo_writes_its_fields(tmp_path, loss):
 
 
 def test_bench_dpo_with_lora_keeps_no_reference_copy(tmp_path):
-    result = bench_dpo(compose("bench", [f"output_dir={tmp_path}", *TINY, "bench.lora_r=2"]))
+    cfg = compose("bench", [f"output_dir={tmp_path}", *TINY, "bench.lora_r=2"])
+    result = bench_dpo(cfg, build_policy_dir(cfg.bench, tmp_path, 0)[0])
     state = result["model_state_mb"]
     assert state["reference"] == 0.0 and state["optimizer"] < 0.5 * state["policy"]
 

@@ -1,10 +1,10 @@
 """``finegrained bench bench.algorithm=dpo``: seconds per DPO optimizer step at the bench's shapes.
 
-``bench_dpo(cfg)`` takes the bench command's composed config (``conf/bench.yaml``) and reads the sizes the
-PPO bench uses: a GPT-2 style policy of ``bench.n_layer`` x ``bench.n_embd`` (``bench.n_head`` heads) with
-an LM head of ``bench.vocab_size`` rows, ``bench.batch_size`` pairs per step, each side a prompt of
-``PROMPT_TOKENS`` (64) tokens and a completion of ``bench.response_length`` tokens (EOS last); the token ids
-are random (the tokenizer only names EOS and padding), so the step's cost is all there is to measure. The
+``bench_dpo(cfg, policy_dir)`` takes the bench command's composed config (``conf/bench.yaml``) and the policy
+the PPO bench builds (``finegrained.bench.build_policy_dir``: GPT-2 style, ``bench.n_layer`` x ``bench.n_embd``,
+``bench.n_head`` heads, a tokenizer trained to ``bench.vocab_size`` tokens), ``bench.batch_size`` pairs per
+step, each side a prompt of ``PROMPT_TOKENS`` (64) tokens and a completion of ``bench.response_length`` tokens
+(EOS last); the token ids are random, so the step's cost is all there is to measure. The
 DPO trainer itself runs the steps (``DPOTrainer.train_step``: policy forward and backward on 2B rows, the
 frozen reference's forward, AdamW), ``bench.lora_r``, ``bench.bf16`` and ``bench.device`` as in the PPO bench.
 
@@ -29,23 +29,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..config import compose, library_versions, log, to_container
+from ..config import compose, library_versions, log, machine_description, to_container
 from ..io import atomic_write_json
 from .dpo_data import EncodedPair
 
 PROMPT_TOKENS = 64
-
-
-def build_bench_policy(b: DictConfig, directory: Path, seed: int) -> Path:
-    """A GPT-2 style policy with ``b.vocab_size`` LM-head rows and a small tokenizer for EOS and padding."""
-    from ..model_dirs import save_pretrained_dir
-    from ..models.tiny import tiny_causal_lm, train_tokenizer
-
-    tokenizer = train_tokenizer(["a b c d e f g h i j k l m n o p q r s t u v w x y z."] * 4, vocab_size=300)
-    policy = tiny_causal_lm(tokenizer, n_layer=b.n_layer, n_embd=b.n_embd, n_head=b.n_head, n_positions=512, seed=seed)
-    policy.resize_token_embeddings(b.vocab_size)  # the reference vocabulary: the LM head's cost
-    save_pretrained_dir(directory, policy, tokenizer)
-    return directory
 
 
 def random_pairs(n: int, vocab_size: int, completion_tokens: int, eos: int, gamma: float, seed: int) -> list[EncodedPair]:
@@ -77,9 +65,10 @@ def model_state_mb(trainer) -> dict[str, float]:
     return {**sizes, "total": sum(sizes.values())}
 
 
-def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
-    """Time ``bench.iterations`` DPO optimizer steps (``loss``: sigmoid, ipo or ddpo); writes and returns
-    bench.json's contents (see the module docstring)."""
+def bench_dpo(cfg: DictConfig, policy_dir: str | Path, loss: str = "sigmoid") -> dict:
+    """Time ``bench.iterations`` DPO optimizer steps of the policy in ``policy_dir`` (the bench's: its tokenizer
+    trained to ``bench.vocab_size``; ``finegrained.bench.run_bench`` builds it) with ``loss`` (sigmoid, ipo or
+    ddpo); writes and returns bench.json's contents (see the module docstring)."""
     from .dpo import DPOTrainer
 
     b = cfg.bench
@@ -88,7 +77,6 @@ def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
         root = Path(tmp)
         log(f"[bench] DPO ({loss}): {b.n_layer} layers x {b.n_embd}, vocabulary {b.vocab_size}, {b.batch_size} pairs of "
             f"{PROMPT_TOKENS} + {b.response_length} tokens")  # fmt: skip
-        policy_dir = build_bench_policy(b, root / "policy", cfg.seed)
         dpo_cfg = compose("dpo", [
             "policy=pretrained", f"policy.name_or_path={policy_dir}", f"output_dir={root / 'run'}", f"seed={cfg.seed}",
             f"dpo.loss={loss}", f"dpo.batch_size={b.batch_size}", "data.builtin.n_prompts=8", "data.eval_fraction=0",
@@ -134,7 +122,7 @@ def bench_dpo(cfg: DictConfig, loss: str = "sigmoid") -> dict:
         "model_state_mb": state_mb,
         "tokens_per_second": 2 * b.batch_size * b.response_length / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "versions": library_versions(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+        "versions": library_versions(), "machine": machine_description(), "python": sys.version.split()[0],
         "config": to_container(cfg),
     }  # fmt: skip
     atomic_write_json(out / "bench.json", result)
