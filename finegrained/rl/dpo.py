@@ -51,7 +51,7 @@ from .dpo_data import Pair, PairSource, as_paths, collate_pairs, encode_pair, he
 from .lora import add_adapters
 from .policy import build_policy, frozen_copy
 from .replicas import require_identical_replicas
-from .runs import clear_interrupted_writes, make_accelerator, refuse_existing_run, start_logging, write_final_policy
+from .runs import clear_interrupted_writes, closing_trackers, make_accelerator, refuse_existing_run, start_logging, write_final_policy
 
 
 class NoValueModel(nn.Module):
@@ -290,13 +290,7 @@ class DPOTrainer:
         """Steps up to the end of ``dpo.epochs``, checkpoints, final/; the trackers close however it ends.
         Returns the last held-out figures (``rewards/*``, ``eval/loss``), the initial ones as ``initial/...``,
         and ``steps``."""
-        try:
-            summary = self._train()
-        except BaseException:
-            self.trackers.close(failed=True)
-            raise
-        self.trackers.close()
-        return summary
+        return closing_trackers(self.trackers, self._train)
 
     def _train(self) -> dict:
         cfg = self.cfg

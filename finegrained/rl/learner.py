@@ -48,7 +48,7 @@ from .lora import add_adapters
 from .policy import build_policy, frozen_copy
 from .replicas import require_identical_replicas
 from .rollout import TokenDistribution, joint_inputs, policy_forward, sample_responses
-from .runs import clear_interrupted_writes, make_accelerator, refuse_existing_run, start_logging, write_final_policy
+from .runs import clear_interrupted_writes, closing_trackers, make_accelerator, refuse_existing_run, start_logging, write_final_policy
 from .types import Trajectory
 
 PHASES = ("generate", "segment", "score", "place", "ref_value_forward", "advantage", "update")
@@ -457,13 +457,7 @@ class Learner:
 
     def train(self) -> dict:
         """Iterations up to ``ppo.iterations``, checkpoints, final/; the trackers are closed however it ends."""
-        try:
-            stats = self._train()
-        except BaseException:
-            self.trackers.close(failed=True)
-            raise
-        self.trackers.close()
-        return stats
+        return closing_trackers(self.trackers, self._train)
 
     def _train(self) -> dict:
         cfg = self.cfg

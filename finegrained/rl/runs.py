@@ -59,3 +59,14 @@ def start_logging(cfg, out: Path, done_steps: int, is_main: bool):
                         purge_step=done_steps + 1 if done_steps else None, resume=bool(done_steps))  # fmt: skip
     trackers.log_config(to_container(cfg))
     return trackers
+
+
+def closing_trackers(trackers, run):
+    """``run()``'s result; the trackers are closed however it ends (marked failed when it raised)."""
+    try:
+        result = run()
+    except BaseException:
+        trackers.close(failed=True)
+        raise
+    trackers.close()
+    return result
