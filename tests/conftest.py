@@ -9,6 +9,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``FINEGRAINED_REQUIRE_OPTIONAL=1`` (CI, which installs every optional extra) a skipped test fails:
+    a broken optional install must not pass as a skip. Tests marked ``external`` (they need a program CI does
+    not install, such as a Label Studio server) may still skip."""
+    outcome = yield
+    report = outcome.get_result()
+    required = os.environ.get("FINEGRAINED_REQUIRE_OPTIONAL") == "1"
+    if required and report.skipped and not hasattr(report, "wasxfail") and "external" not in item.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped ({reason}), but FINEGRAINED_REQUIRE_OPTIONAL=1: CI installs every optional extra"
+
+
 @pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory):
     """A tiny causal-LM policy directory (1 layer, 32 wide, its own tokenizer) for sampling tests."""

@@ -293,8 +293,8 @@ def test_a_schema_without_the_asked_kind_is_refused(tmp_path):
 
 
 def test_label_studio_parses_the_generated_configs_and_our_export():
-    """Optional: label-studio-sdk's own parser (not a project dependency: it pulls in opencv and more)."""
-    pytest.importorskip("label_studio_sdk")
+    """label-studio-sdk's own parser (the optional extra ``labelstudio``: it pulls in opencv and more; CI has it)."""
+    pytest.importorskip("label_studio_sdk", reason="label-studio-sdk is not installed (pip install 'finegrained[labelstudio]')")
     from label_studio_sdk.label_interface import LabelInterface
 
     spans = LabelInterface(ls.labeling_config(SCHEMA))

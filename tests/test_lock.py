@@ -1,8 +1,10 @@
-"""The lock (requirements/constraints.txt) agrees with pyproject.toml: every dependency of the package and
-of its dev extra (what scripts/setup.sh installs) is pinned to one exact version inside its declared range."""
+"""The lock (requirements/constraints.txt) agrees with pyproject.toml: every dependency of the package, of its
+dev extra (what scripts/setup.sh installs) and of the extras CI adds (.ci/run's FINEGRAINED_EXTRAS) is pinned to
+one exact version inside its declared range."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -29,9 +31,15 @@ def pins() -> dict[str, Version]:
     return out
 
 
+def ci_extras() -> list[str]:
+    found = re.search(r"^export FINEGRAINED_EXTRAS=(\S+)$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    return found.group(1).split(",") if found else []
+
+
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in (*project["dependencies"], *project["optional-dependencies"]["dev"])]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in (*project["dependencies"], *(r for e in ["dev", *ci_extras()] for r in extras[e]))]
 
 
 @pytest.mark.parametrize("requirement", declared(), ids=str)
@@ -46,3 +54,8 @@ def test_every_declared_dependency_is_pinned_inside_its_range(requirement):
 def test_setup_installs_from_the_lock_by_default():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "requirements/constraints.txt" in setup and "FINEGRAINED_UNLOCKED" in setup
+
+
+def test_ci_installs_extras_that_exist():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert ci_extras() and set(ci_extras()) <= set(extras)
