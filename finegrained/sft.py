@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .config import log, save_config, to_container
+from .config import log, save_config, to_container, warn_if_slow_bf16
 from .errors import FinegrainedError
 from .io import atomic_directory, read_string_records, remove_stale_temporaries
 from .model_dirs import save_pretrained_dir
@@ -163,6 +163,7 @@ def train_sft(cfg: DictConfig) -> dict:
         raise FinegrainedError(f"{out / 'final'} already exists; pass overwrite=true to replace it")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
     if accelerator.is_main_process:
+        warn_if_slow_bf16(accelerator.device.type, accelerator.mixed_precision, "sft bf16=true")
         for path in remove_stale_temporaries(out, r"final|config\.yaml") + remove_stale_temporaries(out / "checkpoints", r"step-\d+"):
             log(f"[sft] cleared {path}, left by an interrupted write")
     set_seed(cfg.seed)

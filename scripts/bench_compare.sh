@@ -6,7 +6,7 @@
 # (trl 1.16.0 is the newest trl on the package index on 2026-12-02; it no longer ships PPO, hence two venvs.)
 #
 #   scripts/bench_compare.sh                       reference size: GPT-2 6 x 384, vocab 8192, batch 16, 64 tokens, 4 epochs
-#   FG_ARGS="bench.bf16=true" TRL_ARGS="--bf16" scripts/bench_compare.sh          both with bf16 autocast
+#   FG_ARGS="bench.bf16=true" TRL_ARGS="--bf16" scripts/bench_compare.sh          both with bf16 autocast (needs AVX512-BF16/AMX or a GPU)
 #   FG_ARGS="bench.lora_r=8" TRL_ARGS="--lora-r 8" scripts/bench_compare.sh       both with LoRA r=8 (trl via peft)
 #   FG_ARGS="bench.mode=fine_grained bench.shared_rm=true" scripts/bench_compare.sh   three categories on one reward backbone vs trl holistic
 #   ROUNDS=1 ITERATIONS=3 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=2048 BATCH=8 LENGTH=32 EPOCHS=2 scripts/bench_compare.sh

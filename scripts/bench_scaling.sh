@@ -4,7 +4,7 @@
 # options that cut the work (shared value head, LoRA) at batch 16 x 64 tokens. Prints a Markdown table
 # (seconds per iteration, tokens per second, peak RSS) and writes OUT/scaling.json.
 #
-#   bash scripts/bench_scaling.sh                          # the README's table (about 15 min on 2 cores)
+#   bash scripts/bench_scaling.sh                          # the README's table (15-31 min on 2 cores)
 #   BATCHES="8 16" LENGTHS="32" OPTIONS=no ITERATIONS=2 N_LAYER=2 N_EMBD=128 N_HEAD=4 VOCAB=1024 bash scripts/bench_scaling.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

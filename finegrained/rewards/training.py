@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import log, to_container
+from ..config import log, to_container, warn_if_slow_bf16
 from ..errors import FinegrainedError
 from ..io import atomic_directory, remove_stale_temporaries
 from ..progress import Progress
@@ -349,6 +349,8 @@ def fit(cfg, plan: ModelPlan, data: TrainingData, built: Built, encoded: Encoded
 
     tcfg = cfg.train
     accelerator = Accelerator(cpu=(cfg.get("device") or None) == "cpu", mixed_precision=str(tcfg.get("mixed_precision", "no")))
+    if accelerator.is_main_process:
+        warn_if_slow_bf16(accelerator.device.type, accelerator.mixed_precision, "train-rm train.mixed_precision=bf16")
     batch_size, epochs = int(tcfg.batch_size), int(tcfg.epochs)
     planned_steps = max(1, epochs * max(math.ceil(len(d) / batch_size) for d in encoded.datasets.values()))
     optimizer = torch.optim.AdamW(built.model.parameters(), lr=built.lr, weight_decay=float(tcfg.weight_decay))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import warn_if_slow_bf16
 from ..errors import FinegrainedError
 from ..io import atomic_directory, remove_stale_temporaries
 from ..model_dirs import save_pretrained_dir
@@ -18,7 +19,10 @@ def make_accelerator(cfg):
     from accelerate import Accelerator
 
     cpu = cfg.accelerate.cpu if cfg.accelerate.cpu is not None else not torch.cuda.is_available()
-    return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.bf16 else "no")
+    if accelerator.is_main_process:
+        warn_if_slow_bf16(accelerator.device.type, accelerator.mixed_precision, "bf16=true")
+    return accelerator
 
 
 def clear_interrupted_writes(out: Path, who: str, log) -> None:
