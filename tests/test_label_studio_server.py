@@ -20,22 +20,13 @@ from pathlib import Path
 import pytest
 
 from finegrained.convert import label_studio as ls
-from finegrained.schema import load_schema
+
+# the prompt, the completion (emoji outside the BMP, CJK, a combining accent) and its overlapping spans
+from test_label_studio import COMPLETION, PROMPT, SCHEMA, SPANS
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
-SCHEMA = load_schema("qa_feedback")
 TOKEN = "finegrained0test0token0000000000000000000"
-PROMPT = "question: where is Bora? context: wikipage: Bora text: Bora is a town."
-# outside the BMP (one emoji with a skin-tone modifier), CJK, a combining accent; overlapping spans below
-COMPLETION = "Bora 🐱 is a town 🚀 in Fiji. 这是一个错误的句子。 It has 👍🏽 two ports, and a café zoo."
-SPANS = [
-    ("a town 🚀 in Fiji", "Unverifiable"),
-    ("town 🚀", "Irrelevant"),
-    ("这是一个错误的句子。", "Wrong-Grounding"),
-    ("👍🏽 two ports", "Redundant"),
-    ("café zoo", "Incoherent"),
-]
 
 
 def _executable() -> str:
