@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from omegaconf import OmegaConf
 
 from finegrained.config import cpu_lacks_bf16, warn_if_slow_bf16
 
@@ -30,10 +32,11 @@ def test_the_warning_needs_bf16_on_a_cpu_that_lacks_it(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_the_rl_accelerator_warns_on_this_machine_exactly_when_it_lacks_bf16(capsys):
-    from finegrained.rl.runs import make_accelerator
-
-    cfg = OmegaConf.create({"accelerate": {"cpu": True}, "bf16": True})
-    accelerator = make_accelerator(cfg)
-    assert accelerator.mixed_precision == "bf16"
-    assert ("without bf16 instructions" in capsys.readouterr().err) is cpu_lacks_bf16()
+def test_the_rl_accelerator_warns_on_this_machine_exactly_when_it_lacks_bf16():
+    # a process of its own: accelerate's state is process-wide and other tests already set it to fp32
+    code = ("from omegaconf import OmegaConf\nfrom finegrained.rl.runs import make_accelerator\n"
+            "a = make_accelerator(OmegaConf.create({'accelerate': {'cpu': True}, 'bf16': True}))\n"
+            "assert a.mixed_precision == 'bf16'\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("without bf16 instructions" in done.stderr) is cpu_lacks_bf16()
