@@ -106,12 +106,11 @@ def cpu_lacks_bf16(cpu_flags: dict[str, bool] | None = None) -> bool:
     import torch
 
     if cpu_flags is None:
-        probe = getattr(torch, "cpu", None)
         x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
         try:
-            cpu_flags = {"x86": x86, "avx512_bf16": bool(probe._is_avx512_bf16_supported()),
-                         "amx": bool(probe._is_amx_tile_supported())}  # fmt: skip
-        except AttributeError:  # a torch without the probes: do not guess
+            cpu_flags = {"x86": x86, "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+                         "amx": bool(torch.cpu._is_amx_tile_supported())}  # fmt: skip
+        except AttributeError:  # a torch without these (private) probes: do not guess
             return False
     return bool(cpu_flags["x86"] and not cpu_flags["avx512_bf16"] and not cpu_flags["amx"])
 
